@@ -1,0 +1,118 @@
+"""Input feeds for checks: synthetic (Polygraphy's DataLoader) or .npz files, validated
+against the model's inputs before any work is done."""
+
+from __future__ import annotations
+
+import glob
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from polygraphy.common import TensorMetadata
+from polygraphy.comparator import DataLoader
+
+from .errors import DataError
+
+DEFAULT_DIM = 2
+"""Value of a symbolic dim that neither the recipe's `inputs` nor `check.dims` names; 2 rather
+than 1 so that batch-dependent bugs show."""
+
+Feed = dict[str, np.ndarray]
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """A model input as declared: name, numpy dtype and dims (int, symbolic name, or None)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[Dim, ...]
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
+    """The graph inputs that are not initializers, in declaration order."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims: tuple[Dim, ...] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in tensor.shape.dim
+        )
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        inputs.append(InputInfo(value.name, dtype, dims))
+    return inputs
+
+
+def concrete_shape(info: InputInfo, dims: Mapping[str, int]) -> tuple[int, ...]:
+    """Replace symbolic and unknown dims by the values in ``dims`` (else DEFAULT_DIM)."""
+    return tuple(
+        d if isinstance(d, int) else dims.get(d, DEFAULT_DIM) if d else DEFAULT_DIM
+        for d in info.shape
+    )
+
+
+def synthetic_feeds(
+    inputs: Sequence[InputInfo],
+    samples: int,
+    seed: int,
+    dims: Mapping[str, int],
+    ranges: Mapping[str, tuple[float, float]],
+) -> list[Feed]:
+    """Random feeds from Polygraphy's DataLoader; ``ranges`` are inclusive per input."""
+    metadata = TensorMetadata()
+    for info in inputs:
+        metadata.add(info.name, dtype=info.dtype, shape=concrete_shape(info, dims))
+    loader = DataLoader(
+        seed=seed, iterations=samples, input_metadata=metadata, val_range=dict(ranges) or None
+    )
+    return [dict(loader[i]) for i in range(samples)]
+
+
+def npz_feeds(pattern: str, samples: int) -> list[Feed]:
+    """One feed per .npz file matching ``pattern`` (sorted), at most ``samples`` of them."""
+    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    if not paths or not Path(paths[0]).is_file():
+        raise DataError("no .npz data file found", pattern)
+    feeds = []
+    for path in paths[:samples]:
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                feeds.append({name: archive[name] for name in archive.files})
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+            raise DataError(f"not a readable .npz file: {error}", path) from None
+    return feeds
+
+
+def validate_feeds(feeds: Sequence[Feed], inputs: Sequence[InputInfo], source: str) -> None:
+    """Names, dtypes, ranks and fixed dims of every feed must match the model's inputs."""
+    expected = {info.name: info for info in inputs}
+    for index, feed in enumerate(feeds):
+        where = f"{source} (sample {index})"
+        missing = [name for name in expected if name not in feed]
+        unknown = [name for name in feed if name not in expected]
+        if missing or unknown:
+            raise DataError(
+                f"input names do not match the model: missing {missing or 'none'}, "
+                f"not in the model {unknown or 'none'}; the model takes {list(expected)}",
+                where,
+            )
+        for name, array in feed.items():
+            info = expected[name]
+            if array.dtype != info.dtype:
+                raise DataError(
+                    f"input '{name}' has dtype {array.dtype}, the model expects {info.dtype}", where
+                )
+            fixed = [isinstance(d, int) and d != n for d, n in zip(info.shape, array.shape)]
+            if array.ndim != len(info.shape) or any(fixed):
+                declared = ["?" if d is None else d for d in info.shape]
+                raise DataError(
+                    f"input '{name}' has shape {list(array.shape)}, the model expects {declared}",
+                    where,
+                )

@@ -1,0 +1,34 @@
+"""Latency of Polygraphy runners on one feed: median and p90 over a stated number of runs."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from polygraphy.backend.base import BaseRunner
+
+WARMUP_RUNS = 3
+
+
+def interleaved(
+    runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], runs: int
+) -> dict[str, dict[str, float]]:
+    """Milliseconds per ``infer`` for activated runners, measured in alternating rounds so that
+    machine noise hits each alike."""
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for runner in runners.values():
+        for _ in range(WARMUP_RUNS):
+            runner.infer(feed)
+    for _ in range(runs):
+        for name, runner in runners.items():
+            start = time.perf_counter()
+            runner.infer(feed)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {
+        name: {
+            "runs": runs,
+            "median_ms": float(np.median(times)),
+            "p90_ms": float(np.percentile(times, 90)),
+        }
+        for name, times in samples.items()
+    }

@@ -1,0 +1,116 @@
+"""Load and save ONNX models safely (external data, > 2 GiB), hash them, count their ops."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+
+from .errors import ModelError
+
+EXTERNAL_DATA_THRESHOLD = 1 << 30
+"""Models whose protobuf is larger than this (1 GiB) are saved with external data; protobuf
+itself cannot serialize more than 2 GiB."""
+EXTERNAL_DATA_SUFFIX = ".data"
+_HASH_CHUNK = 1 << 20
+
+
+def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [t for t in onnx.external_data_helper._get_all_tensors(model) if uses_external_data(t)]
+
+
+def external_data_files(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
+    """The external data files a model references, refusing any outside ``model_dir``.
+
+    An absolute location or one with ``..`` could make a crafted model read arbitrary files
+    (the onnx package has had CVEs for exactly this), so it is an error, not a warning.
+    """
+    files: dict[Path, None] = {}
+    root = model_dir.resolve()
+    for tensor in _external_tensors(model):
+        location = ExternalDataInfo(tensor).location
+        resolved = (root / location).resolve()
+        if Path(location).is_absolute() or not resolved.is_relative_to(root):
+            raise ModelError(
+                f"tensor '{tensor.name}' points to external data outside the model's folder "
+                f"('{location}'); refusing to load it"
+            )
+        if not resolved.is_file():
+            raise ModelError(f"external data file '{location}' of tensor '{tensor.name}' is missing")
+        files[resolved] = None
+    return list(files)
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Load an ONNX model with its external data, turning every failure into a ModelError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("model file not found", place=str(path))
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError) as error:
+        raise ModelError(f"not a valid ONNX model (truncated or not a protobuf): {error}", str(path))
+    if model.ir_version <= 0 or not model.HasField("graph"):
+        raise ModelError("not a valid ONNX model (no IR version or graph)", str(path))
+    try:
+        external_data_files(model, path.parent)
+    except ModelError as error:
+        raise ModelError(error.message, str(path)) from None
+    load_external_data_for_model(model, str(path.parent))
+    try:
+        # The path form also checks models over 2 GiB.
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise ModelError(f"invalid ONNX model: {first}", str(path)) from None
+    return model
+
+
+def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> list[Path]:
+    """Save ``model`` to ``path``; returns every file written.
+
+    ``external_data`` None decides by size (EXTERNAL_DATA_THRESHOLD). Saving with external data
+    moves the weights out of ``model`` (onnx does that in place), so do it last.
+    """
+    if external_data is None:
+        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not external_data:
+        onnx.save_model(model, str(path))
+        return [path]
+    location = path.name + EXTERNAL_DATA_SUFFIX
+    (path.parent / location).unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=location,
+        size_threshold=1024,
+    )
+    return [path, path.parent / location]
+
+
+def file_sha256(*paths: Path) -> str:
+    """One sha256 over the files in order, streamed so large weights never sit in memory."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_sha256(path: Path) -> str:
+    """Hash of a model file and the external data files it references."""
+    header = onnx.load(str(path), load_external_data=False)
+    return file_sha256(path, *external_data_files(header, path.parent))
+
+
+def op_histogram(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type in the main graph, sorted by op type."""
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))

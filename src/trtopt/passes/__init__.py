@@ -1,0 +1,17 @@
+"""Graph passes: the interface, the registry, and the built-in passes (one module a family)."""
+
+from .base import Pass, PassContext, PassOptions
+from .registry import available_passes, get_pass, load_plugin, register_pass
+
+DEFAULT_PASSES: tuple[str, ...] = ("cleanup", "fold-constants", "infer-shapes", "cleanup")
+
+__all__ = [
+    "DEFAULT_PASSES",
+    "Pass",
+    "PassContext",
+    "PassOptions",
+    "available_passes",
+    "get_pass",
+    "load_plugin",
+    "register_pass",
+]

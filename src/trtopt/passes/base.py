@@ -1,0 +1,54 @@
+"""The pass interface: a named graph transformation with typed options."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from pydantic import BaseModel, ConfigDict
+
+
+class PassOptions(BaseModel):
+    """Options of a pass. Unknown keys are errors, so a typo never silently does nothing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+@dataclass
+class PassContext:
+    """What a pass may use besides the graph.
+
+    ``feeds`` holds sample input feeds (the check data) for passes that need real values;
+    ``scratch_dir`` is a private folder that disappears after the compile.
+    """
+
+    scratch_dir: Path
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("trtopt.passes"))
+    feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+class Pass:
+    """Base of every pass. Subclasses set ``Options`` and implement ``run``.
+
+    ``run`` may modify ``graph`` in place and must return the resulting graph. A pass that only
+    rewrites constant values in place must also give the tensor a new name, so that the
+    pipeline's change detection (structure, not bytes) sees it.
+    """
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type[PassOptions]] = PassOptions
+
+    def __init__(self, options: PassOptions | None = None) -> None:
+        self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: what ``trtopt passes`` prints."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        raise NotImplementedError

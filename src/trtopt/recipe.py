@@ -1,0 +1,368 @@
+"""The recipe format: a pydantic schema, YAML loading with places, `extends:` and `--set`."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from .errors import Place, RecipeError, did_you_mean
+from .passes import available_passes, get_pass, load_plugin
+from .positions import Document, KeyPath, load_yaml
+
+MAX_EXTENDS_DEPTH = 16
+MAX_ERRORS_SHOWN = 5
+
+Dim = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Base of every recipe section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class InputSpec(Strict):
+    """Overrides for one model input."""
+
+    shape: list[Dim] | None = None
+    """Declared shape written into the optimized model; a string is a symbolic dim."""
+    range: tuple[float, float] | None = None
+    """[low, high) of synthetic values, e.g. [0, 30522] for token ids."""
+
+
+class OnnxruntimeOptions(Strict):
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    """ONNX Runtime's own graph optimizations applied when the session is created."""
+    intra_op_threads: Annotated[int, Field(ge=0)] = 0
+    """Threads within an operator; 0 lets ONNX Runtime choose."""
+    inter_op_threads: Annotated[int, Field(ge=0)] = 0
+    """Threads across operators; 0 lets ONNX Runtime choose."""
+
+
+class BuildSpec(Strict):
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    """Which backend builds the artifact."""
+    onnxruntime: OnnxruntimeOptions = OnnxruntimeOptions()
+
+
+class Thresholds(Strict):
+    """Accuracy limits for an output; an unset limit is reported but not gated."""
+
+    max_abs: Annotated[float, Field(ge=0)] | None = None
+    mean_abs: Annotated[float, Field(ge=0)] | None = None
+    max_rel: Annotated[float, Field(ge=0)] | None = None
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    min_top1: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Fraction of rows whose argmax agrees; only for outputs marked ``class_scores``."""
+
+    def over(self, base: Thresholds) -> Thresholds:
+        """These thresholds, falling back to ``base`` for the limits not set here."""
+        return base.model_copy(update={k: getattr(self, k) for k in self.model_fields_set})
+
+
+DEFAULT_THRESHOLDS = Thresholds(max_abs=1e-3, min_cosine=0.9999)
+
+
+class OutputSpec(Strict):
+    class_scores: bool = False
+    """The output holds class scores along its last axis: top-1 agreement is measured."""
+    thresholds: Thresholds = Thresholds()
+
+
+class CheckData(Strict):
+    """Where check inputs come from: synthetic (the default) or .npz files of named arrays."""
+
+    npz: str | None = None
+    """A path or glob of .npz files; each file is one feed, arrays keyed by input name."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic(cls, value: Any) -> Any:
+        return {} if value == "synthetic" else value
+
+
+class CheckSpec(Strict):
+    reference: Literal["onnxruntime"] = "onnxruntime"
+    """The reference: the original model on ONNX Runtime CPU."""
+    samples: Annotated[int, Field(ge=1)] = 4
+    seed: int = 0
+    data: CheckData = CheckData()
+    dims: dict[str, Annotated[int, Field(ge=1)]] = {}
+    """Values of symbolic dims for synthetic data; unnamed ones default to DEFAULT_DIM."""
+    thresholds: Thresholds = DEFAULT_THRESHOLDS
+    outputs: dict[str, OutputSpec] = {}
+    verify_passes: bool = False
+    """Run the check inputs after every pass and name the first pass that breaks numerics."""
+    latency_runs: Annotated[int, Field(ge=0)] = 20
+    """Timed runs of reference and artifact on ONNX Runtime CPU; 0 skips latency."""
+
+    def thresholds_for(self, output: str) -> Thresholds:
+        spec = self.outputs.get(output)
+        defaults = DEFAULT_THRESHOLDS.model_copy(update=self.thresholds.model_dump(
+            include=self.thresholds.model_fields_set))
+        return spec.thresholds.over(defaults) if spec else defaults
+
+
+class PassSpec(Strict):
+    name: str
+    options: dict[str, Any] = {}
+
+    def to_yaml(self) -> str | dict[str, Any]:
+        return {self.name: self.options} if self.options else self.name
+
+
+class Recipe(Strict):
+    """A compile recipe. Paths are absolute once loaded from a file."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    model: str
+    inputs: dict[str, InputSpec] = {}
+    passes: list[PassSpec] = []
+    build: BuildSpec = BuildSpec()
+    check: CheckSpec = CheckSpec()
+    output: str | None = None
+    """Output folder; default build/<name> beside the recipe."""
+    plugins: list[str] = []
+    """Python files defining extra passes; loaded before the passes are validated."""
+
+    _document: Document | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalize_passes(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("passes"), list):
+            data = {**data, "passes": [_pass_item(item) for item in data["passes"]]}
+        return data
+
+    def place(self, *path: str | int) -> Place | str:
+        """Where a key path was written (file:line:col), for errors found after loading."""
+        if self._document is not None:
+            place = self._document.place(path)
+            if place is not None:
+                return place
+        return ".".join(str(p) for p in path) or "recipe"
+
+    def output_dir(self) -> Path:
+        return Path(self.output or Path("build") / self.name)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json")
+        data["passes"] = [p.to_yaml() for p in self.passes]
+        return yaml.safe_dump(data, sort_keys=False)
+
+
+def _pass_item(item: Any) -> Any:
+    """`name` or `{name: {options}}` -> {name, options}; anything else is left for pydantic."""
+    if isinstance(item, str):
+        return {"name": item}
+    if isinstance(item, dict) and len(item) == 1:
+        ((name, options),) = item.items()
+        return {"name": name, "options": {} if options is None else options}
+    return item
+
+
+PATH_FIELDS: tuple[KeyPath, ...] = (("model",), ("output",), ("check", "data", "npz"))
+
+
+def _load_document(path: Path, chain: tuple[Path, ...] = ()) -> Document:
+    """Load a recipe file and, recursively, what it `extends`."""
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError("`extends` cycle: " + " -> ".join(str(p) for p in (*chain, path)))
+    if len(chain) > MAX_EXTENDS_DEPTH:
+        raise RecipeError(f"`extends` nested deeper than {MAX_EXTENDS_DEPTH}", str(path))
+    document = load_yaml(path)
+    if document.data is None:
+        raise RecipeError("empty recipe", str(path))
+    if not isinstance(document.data, dict):
+        raise RecipeError("a recipe must be a mapping of keys", document.place(()))
+    _absolutize_paths(document, path.parent)
+    base_name = document.data.pop("extends", None)
+    if base_name is None:
+        return document
+    if not isinstance(base_name, str):
+        raise RecipeError("`extends` must be a file path", document.place(("extends",)))
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise RecipeError(f"extended recipe not found: {base_path}", document.place(("extends",)))
+    return document.merged_over(_load_document(base_path, (*chain, path)))
+
+
+def _absolutize_paths(document: Document, base: Path) -> None:
+    """Make path fields absolute relative to the file that wrote them (so `extends` works)."""
+    data = document.data
+    for path in PATH_FIELDS:
+        parent = data
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
+            parent[path[-1]] = str(base / parent[path[-1]])
+    if isinstance(data.get("plugins"), list):
+        data["plugins"] = [str(base / p) if isinstance(p, str) else p for p in data["plugins"]]
+
+
+def parse_override(text: str, cwd: Path) -> tuple[KeyPath, Any]:
+    """`check.samples=8` -> (('check', 'samples'), 8); values are YAML scalars or flows."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError("expected KEY=VALUE", f"--set {text}")
+    path: KeyPath = tuple(int(k) if k.isdigit() else k for k in key.strip().split("."))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise RecipeError(f"invalid value: {error}", f"--set {text}") from None
+    if path in PATH_FIELDS and isinstance(value, str):
+        value = str(cwd / value)
+    return path, value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, merge (`extends`), override (`--set`) and validate a recipe file.
+
+    Plugins named by the recipe are imported so that their passes validate like built-ins.
+    """
+    document = _load_document(Path(path))
+    for text in overrides or []:
+        key_path, value = parse_override(text, Path.cwd())
+        document = document.with_value(key_path, value, Place(f"--set {text}"))
+    return recipe_from_document(document)
+
+
+def recipe_from_document(document: Document) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(document.data)
+    except ValidationError as error:
+        raise _recipe_error(error, document) from None
+    recipe._document = document
+    for i, plugin in enumerate(recipe.plugins):
+        try:
+            load_plugin(Path(plugin))
+        except RecipeError as error:
+            raise RecipeError(error.message, document.place(("plugins", i))) from None
+    validate_passes(recipe)
+    return recipe
+
+
+def validate_passes(recipe: Recipe) -> None:
+    """Check every pass name and its options against the registry, naming the place."""
+    for i, spec in enumerate(recipe.passes):
+        try:
+            pass_cls = get_pass(spec.name)
+        except RecipeError as error:
+            raise RecipeError(error.message, recipe.place("passes", i)) from None
+        try:
+            pass_cls.Options.model_validate(spec.options)
+        except ValidationError as error:
+            document = recipe._document or Document(None, {})
+            prefix: KeyPath = ("passes", i, spec.name)
+            raise _recipe_error(error, document, prefix, pass_cls.Options, f"pass '{spec.name}'")
+
+
+def _recipe_error(
+    error: ValidationError,
+    document: Document,
+    prefix: KeyPath = (),
+    model: type[BaseModel] = Recipe,
+    what: str = "",
+) -> RecipeError:
+    """Turn pydantic's errors into one RecipeError naming file:line:col for each."""
+    lines: list[str] = []
+    first_place: Place | str | None = None
+    for item in error.errors()[:MAX_ERRORS_SHOWN]:
+        loc = _data_loc(item["loc"], document.data, prefix)
+        place = document.place((*prefix, *loc)) or "recipe"
+        first_place = first_place or place
+        key = ".".join(str(k) for k in loc)
+        if item["type"] == "extra_forbidden":
+            parent = loc[:-1]
+            hint = did_you_mean(str(loc[-1]), _fields_at(model, parent))
+            message = f"unknown key '{loc[-1]}'{' in ' + what if what else ''}{hint}"
+        elif item["type"] == "missing":
+            message = f"missing required key '{key}'"
+        else:
+            message = f"{key or what or 'recipe'}: {item['msg']}"
+        lines.append(f"{place}: {message}")
+    more = len(error.errors()) - MAX_ERRORS_SHOWN
+    if more > 0:
+        lines.append(f"(and {more} more)")
+    first = lines[0].partition(": ")[2]
+    return RecipeError("\n".join([first, *lines[1:]]), first_place)
+
+
+def _data_loc(loc: tuple[Any, ...], data: Any, prefix: KeyPath) -> KeyPath:
+    """Drop pydantic's union tags from an error location, keeping real keys and indexes."""
+    node = data
+    for key in prefix:
+        node = node.get(key) if isinstance(node, dict) else (
+            node[key] if isinstance(node, list) and isinstance(key, int) else None)
+    kept: list[str | int] = []
+    for key in loc:
+        if isinstance(node, dict) and key in node:
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+        elif key in ("name", "options") and isinstance(node, (str, dict)):
+            continue  # PassSpec fields that the short form does not spell out
+        elif not (isinstance(key, str) and ("[" in key or key[:1].isupper())):
+            kept.append(key)
+            node = None
+            continue
+        else:
+            continue
+        kept.append(key)
+    return tuple(kept)
+
+
+def _fields_at(model: type[BaseModel], path: KeyPath) -> list[str]:
+    """The valid keys of the section at ``path``, for 'did you mean' suggestions."""
+    current: Any = model
+    for key in path:
+        found = _model_in(current)
+        if found is None:
+            return []
+        # A key that is not a field is a dict key or list index: stay on the value's model.
+        current = found.model_fields[key].annotation if key in found.model_fields else found
+    found = _model_in(current)
+    return list(found.model_fields) if found else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as `X | None`, `dict[str, X]`, `list[X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the recipe format, with every registered pass and its options."""
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "trtopt recipe"
+    schema["properties"]["extends"] = {
+        "type": "string",
+        "description": "A recipe file this one deep-merges over (lists are replaced).",
+    }
+    passes = available_passes()
+    defs = schema.setdefault("$defs", {})
+    variants: list[dict[str, Any]] = [{"enum": list(passes)}]
+    for name, cls in passes.items():
+        options = cls.Options.model_json_schema()
+        defs.update(options.pop("$defs", {}))
+        options["description"] = cls.summary()
+        variants.append({
+            "type": "object",
+            "properties": {name: {"anyOf": [options, {"type": "null"}]}},
+            "required": [name],
+            "additionalProperties": False,
+        })
+    schema["properties"]["passes"] = {"type": "array", "items": {"anyOf": variants}}
+    defs.pop("PassSpec", None)
+    return schema

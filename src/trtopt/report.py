@@ -1,0 +1,112 @@
+"""report.json (machine-readable, versioned), report.md and the terminal summary."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+TRACKED_PACKAGES = (
+    "trtopt", "onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy", "numpy", "pydantic",
+)
+
+
+def versions() -> dict[str, str | None]:
+    """Python's and every tracked package's version (None when not installed)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def write_reports(report: dict[str, Any], out_dir: Path) -> None:
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out_dir / "report.md").write_text(markdown(report))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The same report, briefly, for people."""
+    model, build, accuracy = report["model"], report["build"], report["accuracy"]
+    lines = [
+        f"# {report['recipe']['name']}: {report['verdict'].upper()}",
+        "",
+        f"- model: `{model['path']}` (sha256 `{model['sha256'][:16]}`, {model['nodes']} nodes)",
+        f"- artifact: `{build['artifact']}` ({build['backend']}, {build['size_bytes']} bytes, "
+        f"built in {build['seconds']:.2f} s)",
+        f"- accuracy: {accuracy['verdict']} over {accuracy['samples']} samples ({accuracy['data']})",
+        "",
+        "## Passes",
+        "",
+        "| pass | seconds | nodes before | nodes after | changes |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for p in report["passes"]:
+        delta = ", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items()) or "no-op"
+        lines.append(
+            f"| {p['name']} | {p['seconds']:.3f} | {p['nodes_before']} | {p['nodes_after']} | "
+            f"{delta} |"
+        )
+    if report.get("first_diverging_pass"):
+        lines += ["", f"First pass whose outputs diverge: **{report['first_diverging_pass']}**"]
+    lines += ["", "## Accuracy", "", "| output | metric | value | limit | verdict |",
+              "|---|---|---:|---:|---|"]
+    for name, output in accuracy["outputs"].items():
+        if output["error"]:
+            lines.append(f"| {name} | - | - | - | FAIL: {output['error']} |")
+        gated = {c["metric"]: c for c in output["checks"]}
+        for metric, value in output["metrics"].items():
+            if value is None:
+                continue
+            check = gated.get(metric)
+            verdict = ("pass" if check["passed"] else "**FAIL**") if check else "not gated"
+            limit = _fmt(check["limit"]) if check else "-"
+            lines.append(f"| {name} | {metric} | {_fmt(value)} | {limit} | {verdict} |")
+    latency = report.get("latency")
+    if latency:
+        lines += [
+            "",
+            f"## Latency (ONNX Runtime CPU, {latency['runs']} runs)",
+            "",
+            "| model | median ms | p90 ms |",
+            "|---|---:|---:|",
+            *(
+                f"| {who} | {latency[who]['median_ms']:.3f} | {latency[who]['p90_ms']:.3f} |"
+                for who in ("reference", "artifact")
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few lines for the terminal."""
+    model = report["model"]
+    nodes_after = report["passes"][-1]["nodes_after"] if report["passes"] else model["nodes"]
+    lines = [
+        f"{report['recipe']['name']}: {report['verdict'].upper()}",
+        f"  passes   {len(report['passes'])} run, nodes {model['nodes']} -> {nodes_after}",
+        f"  build    {report['build']['backend']} in {report['build']['seconds']:.2f} s",
+        f"  accuracy {report['accuracy']['verdict']} ({report['accuracy']['samples']} samples)",
+    ]
+    lines += [f"    FAIL {line}" for line in report["accuracy"]["failures"]]
+    latency = report.get("latency")
+    if latency:
+        lines.append(
+            f"  latency  {latency['reference']['median_ms']:.3f} ms -> "
+            f"{latency['artifact']['median_ms']:.3f} ms (median, ONNX Runtime CPU)"
+        )
+    lines.append(f"  output   {report['output_dir']}")
+    return "\n".join(lines)
