@@ -132,7 +132,9 @@ def compare(
         mismatched = [(a, b) for a, b in shapes if a != b]
         if mismatched or not all(hasattr(s, "max_absdiff") for s in per_sample):
             a, b = mismatched[0] if mismatched else next(iter(shapes))
-            outputs.append(OutputAccuracy(name, {}, error=f"shape {list(b)} != reference {list(a)}"))
+            outputs.append(
+                OutputAccuracy(name, {}, error=f"shape {list(b)} != reference {list(a)}")
+            )
             continue
         metrics: dict[str, float | None] = {
             "max_abs": max(s.max_absdiff for s in per_sample),

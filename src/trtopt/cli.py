@@ -26,8 +26,9 @@ def _progress(message: str) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    result = trtopt.compile(args.recipe, output_dir=args.output, overrides=args.set,
-                            progress=_progress)
+    result = trtopt.compile(
+        args.recipe, output_dir=args.output, overrides=args.set, progress=_progress
+    )
     print(summary(result.report))
     return result.exit_code
 
@@ -83,14 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    def verb(name: str, func: Callable[[argparse.Namespace], int], help: str
-             ) -> argparse.ArgumentParser:
+    def verb(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
         sub = verbs.add_parser(name, help=help, description=help)
         sub.set_defaults(func=func)
         return sub
 
-    overrides = {"action": "append", "default": [], "metavar": "KEY=VALUE",
-                 "help": "override a recipe key, e.g. check.samples=8 (repeatable)"}
+    overrides = {
+        "action": "append",
+        "default": [],
+        "metavar": "KEY=VALUE",
+        "help": "override a recipe key, e.g. check.samples=8 (repeatable)",
+    }
     sub = verb("compile", cmd_compile, "Run a recipe: passes, build, accuracy check, report.")
     sub.add_argument("recipe")
     sub.add_argument("-o", "--output", help="output folder (default: the recipe's `output`)")
@@ -100,8 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("input")
     sub.add_argument("output")
     sub.add_argument("--passes", help="comma-separated pass names (default: the default chain)")
-    sub.add_argument("--external-data", action="store_true",
-                     help="save weights to OUTPUT.data (automatic above 1 GiB)")
+    sub.add_argument(
+        "--external-data",
+        action="store_true",
+        help="save weights to OUTPUT.data (automatic above 1 GiB)",
+    )
 
     sub = verb("validate", cmd_validate, "Check a recipe against the schema.")
     sub.add_argument("recipe")
@@ -131,8 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug or an unexpected library failure: exit 3
         if args.debug:
             traceback.print_exc()
-        print(f"internal error: {type(error).__name__}: {error} (run with --debug for details)",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(error).__name__}: {error} (run with --debug for details)",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL
 
 

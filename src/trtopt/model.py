@@ -8,7 +8,11 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_model, uses_external_data
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    load_external_data_for_model,
+    uses_external_data,
+)
 
 from .errors import ModelError
 
@@ -40,7 +44,9 @@ def external_data_files(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
                 f"('{location}'); refusing to load it"
             )
         if not resolved.is_file():
-            raise ModelError(f"external data file '{location}' of tensor '{tensor.name}' is missing")
+            raise ModelError(
+                f"external data file '{location}' of tensor '{tensor.name}' is missing"
+            )
         files[resolved] = None
     return list(files)
 
@@ -53,7 +59,9 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as error:
-        raise ModelError(f"not a valid ONNX model (truncated or not a protobuf): {error}", str(path))
+        raise ModelError(
+            f"not a valid ONNX model (truncated or not a protobuf): {error}", str(path)
+        ) from None
     if model.ir_version <= 0 or not model.HasField("graph"):
         raise ModelError("not a valid ONNX model (no IR version or graph)", str(path))
     try:

@@ -102,7 +102,9 @@ def graph_signature(graph: gs.Graph) -> str:
     digest = hashlib.sha256()
     for node in graph.nodes:
         digest.update(repr((node.op, node.name, sorted(node.attrs.items(), key=str))).encode())
-        digest.update(repr(([t.name for t in node.inputs], [t.name for t in node.outputs])).encode())
+        digest.update(
+            repr(([t.name for t in node.inputs], [t.name for t in node.outputs])).encode()
+        )
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
             head = np.asarray(tensor.values).tobytes()[:4096]
@@ -144,8 +146,9 @@ def _version() -> str:
     return __version__
 
 
-def optimize(model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None = None
-             ) -> onnx.ModelProto:
+def optimize(
+    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None = None
+) -> onnx.ModelProto:
     """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model."""
     source = load_model(model) if isinstance(model, (str, Path)) else model
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
@@ -172,7 +175,8 @@ def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
         shape = inputs[name].type.tensor_type.shape
         if len(spec.shape) != len(shape.dim):
             raise DataError(
-                f"input '{name}' has rank {len(shape.dim)}, the recipe gives {len(spec.shape)} dims",
+                f"input '{name}' has rank {len(shape.dim)}, "
+                f"the recipe gives {len(spec.shape)} dims",
                 recipe.place("inputs", name, "shape"),
             )
         for dim, value in zip(shape.dim, spec.shape):
@@ -222,8 +226,12 @@ class _Reference:
 
 
 def _verify_stage(
-    graph: gs.Graph, like: onnx.ModelProto, scratch: Path, data: list[feeds.Feed],
-    reference: _Reference, recipe: Recipe,
+    graph: gs.Graph,
+    like: onnx.ModelProto,
+    scratch: Path,
+    data: list[feeds.Feed],
+    reference: _Reference,
+    recipe: Recipe,
 ) -> accuracy.AccuracyResult:
     path = scratch / "stage.onnx"
     save_model(_to_model(graph.copy(), like), path)
@@ -260,8 +268,9 @@ def compile(
         return _compile(recipe, model_path, out.resolve(), say)
 
 
-def _compile(recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], None]
-             ) -> CompileResult:
+def _compile(
+    recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], None]
+) -> CompileResult:
     try:
         source = load_model(model_path)
     except TrtoptError as error:
@@ -280,7 +289,11 @@ def _compile(recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], N
             records, first_diverging = [], None
             for index, pass_ in enumerate(instantiate(recipe.passes)):
                 say(f"pass {pass_.name}")
-                before_sig, before_hist, start = graph_signature(graph), histogram, time.perf_counter()
+                before_sig, before_hist, start = (
+                    graph_signature(graph),
+                    histogram,
+                    time.perf_counter(),
+                )
                 try:
                     graph = run_pass(pass_, graph, ctx)
                 except PassError as error:
@@ -311,16 +324,19 @@ def _compile(recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], N
                 raise PassError(f"the optimized graph is not valid ONNX: {error}") from error
             artifact_files = save_model(final, staging / "model.onnx")
 
-            backend = get_backend(recipe.build.backend,
-                                  getattr(recipe.build, recipe.build.backend).model_dump())
+            backend = get_backend(
+                recipe.build.backend, getattr(recipe.build, recipe.build.backend).model_dump()
+            )
             say(f"build {backend.name}")
             build = backend.build(staging / "model.onnx", staging)
             say("check accuracy")
             candidate = backend.runner(build)
             class_scores = {n for n, s in recipe.check.outputs.items() if s.class_scores}
             result = accuracy.compare(
-                reference.outputs, accuracy.run(candidate, data),
-                recipe.check.thresholds_for, class_scores,
+                reference.outputs,
+                accuracy.run(candidate, data),
+                recipe.check.thresholds_for,
+                class_scores,
             )
             latency_report = None
             if recipe.check.latency_runs:
@@ -328,7 +344,8 @@ def _compile(recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], N
                 with reference.runner, candidate:
                     latency_report = latency.interleaved(
                         {"reference": reference.runner, "artifact": candidate},
-                        data[0], recipe.check.latency_runs,
+                        data[0],
+                        recipe.check.latency_runs,
                     )
                 latency_report["runs"] = recipe.check.latency_runs
 
@@ -372,7 +389,8 @@ def _compile(recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], N
         }
         if first_diverging:
             the_report["accuracy"]["failures"].insert(
-                0, f"pass '{first_diverging}' is the first whose outputs diverge")
+                0, f"pass '{first_diverging}' is the first whose outputs diverge"
+            )
         report.write_reports(the_report, staging)
         _commit(staging, out)
     except BaseException:

@@ -58,7 +58,11 @@ class Document:
 def _child(container: Any, key: str | int) -> Any:
     if isinstance(container, dict):
         return container.get(key)
-    if isinstance(container, list) and isinstance(key, int) and -len(container) <= key < len(container):
+    if (
+        isinstance(container, list)
+        and isinstance(key, int)
+        and -len(container) <= key < len(container)
+    ):
         return container[key]
     return None
 

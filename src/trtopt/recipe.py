@@ -102,8 +102,9 @@ class CheckSpec(Strict):
 
     def thresholds_for(self, output: str) -> Thresholds:
         spec = self.outputs.get(output)
-        defaults = DEFAULT_THRESHOLDS.model_copy(update=self.thresholds.model_dump(
-            include=self.thresholds.model_fields_set))
+        defaults = DEFAULT_THRESHOLDS.model_copy(
+            update=self.thresholds.model_dump(include=self.thresholds.model_fields_set)
+        )
         return spec.thresholds.over(defaults) if spec else defaults
 
 
@@ -259,7 +260,8 @@ def validate_passes(recipe: Recipe) -> None:
         except ValidationError as error:
             document = recipe._document or Document(None, {})
             prefix: KeyPath = ("passes", i, spec.name)
-            raise _recipe_error(error, document, prefix, pass_cls.Options, f"pass '{spec.name}'")
+            what = f"pass '{spec.name}'"
+            raise _recipe_error(error, document, prefix, pass_cls.Options, what) from None
 
 
 def _recipe_error(
@@ -297,8 +299,11 @@ def _data_loc(loc: tuple[Any, ...], data: Any, prefix: KeyPath) -> KeyPath:
     """Drop pydantic's union tags from an error location, keeping real keys and indexes."""
     node = data
     for key in prefix:
-        node = node.get(key) if isinstance(node, dict) else (
-            node[key] if isinstance(node, list) and isinstance(key, int) else None)
+        node = (
+            node.get(key)
+            if isinstance(node, dict)
+            else (node[key] if isinstance(node, list) and isinstance(key, int) else None)
+        )
     kept: list[str | int] = []
     for key in loc:
         if isinstance(node, dict) and key in node:
@@ -357,12 +362,14 @@ def json_schema() -> dict[str, Any]:
         options = cls.Options.model_json_schema()
         defs.update(options.pop("$defs", {}))
         options["description"] = cls.summary()
-        variants.append({
-            "type": "object",
-            "properties": {name: {"anyOf": [options, {"type": "null"}]}},
-            "required": [name],
-            "additionalProperties": False,
-        })
+        variants.append(
+            {
+                "type": "object",
+                "properties": {name: {"anyOf": [options, {"type": "null"}]}},
+                "required": [name],
+                "additionalProperties": False,
+            }
+        )
     schema["properties"]["passes"] = {"type": "array", "items": {"anyOf": variants}}
     defs.pop("PassSpec", None)
     return schema

@@ -10,7 +10,13 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 TRACKED_PACKAGES = (
-    "trtopt", "onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy", "numpy", "pydantic",
+    "trtopt",
+    "onnx",
+    "onnxruntime",
+    "onnx-graphsurgeon",
+    "polygraphy",
+    "numpy",
+    "pydantic",
 )
 
 
@@ -47,7 +53,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- model: `{model['path']}` (sha256 `{model['sha256'][:16]}`, {model['nodes']} nodes)",
         f"- artifact: `{build['artifact']}` ({build['backend']}, {build['size_bytes']} bytes, "
         f"built in {build['seconds']:.2f} s)",
-        f"- accuracy: {accuracy['verdict']} over {accuracy['samples']} samples ({accuracy['data']})",
+        f"- accuracy: {accuracy['verdict']} over {accuracy['samples']} samples "
+        f"({accuracy['data']})",
         "",
         "## Passes",
         "",
@@ -62,8 +69,13 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if report.get("first_diverging_pass"):
         lines += ["", f"First pass whose outputs diverge: **{report['first_diverging_pass']}**"]
-    lines += ["", "## Accuracy", "", "| output | metric | value | limit | verdict |",
-              "|---|---|---:|---:|---|"]
+    lines += [
+        "",
+        "## Accuracy",
+        "",
+        "| output | metric | value | limit | verdict |",
+        "|---|---|---:|---:|---|",
+    ]
     for name, output in accuracy["outputs"].items():
         if output["error"]:
             lines.append(f"| {name} | - | - | - | FAIL: {output['error']} |")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,7 @@ from ..errors import RecipeError, did_you_mean
 from .base import Pass
 
 ENTRY_POINT_GROUP = "trtopt.passes"
-BUILTIN_MODULES = ("cleanup", "constants", "shapes")
+INFRASTRUCTURE_MODULES = {"base", "registry"}
 
 _REGISTRY: dict[str, type[Pass]] = {}
 _discovered = False
@@ -41,8 +43,11 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
+    # Every module of this package (and its subpackages) is a built-in pass family.
+    package = importlib.import_module(__package__)
+    for info in pkgutil.walk_packages(package.__path__, prefix=f"{__package__}."):
+        if info.name.rpartition(".")[2] not in INFRASTRUCTURE_MODULES:
+            importlib.import_module(info.name)
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry_point.load()
@@ -72,7 +77,8 @@ def load_plugin(path: Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"plugin file not found: {path}")
-    module_name = f"trtopt_plugin_{path.stem}_{abs(hash(str(path.resolve())))}"
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+    module_name = f"trtopt_plugin_{path.stem}_{digest}"
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -83,4 +89,6 @@ def load_plugin(path: Path) -> None:
         spec.loader.exec_module(module)
     except Exception as error:
         del sys.modules[module_name]
-        raise RecipeError(f"plugin {path} failed to load: {type(error).__name__}: {error}") from error
+        raise RecipeError(
+            f"plugin {path} failed to load: {type(error).__name__}: {error}"
+        ) from error

@@ -23,7 +23,9 @@ class InferShapes(Pass):
         model = gs.export_onnx(graph)
         # Polygraphy's loader handles models over the 2 GiB protobuf limit by round-tripping
         # through a file, and owns the ORT-then-ONNX fallback.
-        loader = PolygraphyInferShapes(model, error_ok=False, allow_onnxruntime=self.options.symbolic)
+        loader = PolygraphyInferShapes(
+            model, error_ok=False, allow_onnxruntime=self.options.symbolic
+        )
         try:
             inferred = loader()
         except Exception as error:
