@@ -24,6 +24,7 @@ _HASH_CHUNK = 1 << 20
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    # onnx exports no public walker over initializers, Constant attributes and subgraphs.
     return [t for t in onnx.external_data_helper._get_all_tensors(model) if uses_external_data(t)]
 
 
@@ -78,6 +79,12 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     return model
 
 
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Serialized size of every tensor: what makes a model large. (``model.ByteSize()``
+    itself wraps around past 2 GiB.)"""
+    return sum(t.ByteSize() for t in onnx.external_data_helper._get_all_tensors(model))
+
+
 def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> list[Path]:
     """Save ``model`` to ``path``; returns every file written.
 
@@ -85,7 +92,7 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = 
     moves the weights out of ``model`` (onnx does that in place), so do it last.
     """
     if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+        external_data = tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
     path.parent.mkdir(parents=True, exist_ok=True)
     if not external_data:
         onnx.save_model(model, str(path))
@@ -100,7 +107,8 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = 
         location=location,
         size_threshold=1024,
     )
-    return [path, path.parent / location]
+    data = path.parent / location
+    return [path, data] if data.exists() else [path]
 
 
 def file_sha256(*paths: Path) -> str:

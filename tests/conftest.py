@@ -1,0 +1,43 @@
+"""Shared fixtures; plain helpers live in helpers.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import DIMS, RANGES
+
+
+@pytest.fixture
+def write_recipe(tmp_path: Path) -> Callable[..., Path]:
+    """Write a recipe (YAML text or a dict) into tmp_path and return its path."""
+
+    def write(content: str | dict, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def recipe_for() -> Callable[..., dict]:
+    """A small, fast recipe for a committed model (as a dict to tweak)."""
+
+    def make(model: Path, **overrides: object) -> dict:
+        names = ("input_ids", "attention_mask") if "bert" in model.stem else ("pixel_values",)
+        recipe = {
+            "name": model.stem,
+            "model": str(model),
+            "inputs": {name: {"range": list(RANGES[name])} for name in names},
+            "passes": ["cleanup", "fold-constants", "infer-shapes", "cleanup"],
+            "check": {"samples": 2, "dims": DIMS, "latency_runs": 2, "verify_passes": True},
+        }
+        recipe.update(overrides)
+        return recipe
+
+    return make
