@@ -48,14 +48,15 @@ def assert_same_outputs(a: list[list[np.ndarray]], b: list[list[np.ndarray]], at
             np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4)
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m trtopt ARGS` in a subprocess, as a user's shell would."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
         [sys.executable, "-m", "trtopt", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         timeout=300,
     )

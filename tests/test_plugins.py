@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import onnx
 from onnx import TensorProto, helper
@@ -77,40 +74,13 @@ def test_entry_point_plugins_are_discovered(tmp_path):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: trtopt-extra\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[trtopt.passes]\nextra = trtopt_extra\n")
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    listed = subprocess.run(
-        [sys.executable, "-m", "trtopt", "passes"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    env = {"PYTHONPATH": str(site)}
+    listed = run_cli("passes", env=env).stdout
     assert "drop-doc-strings\n    An installed plugin pass." in listed
     out = tmp_path / "o.onnx"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "trtopt",
-            "optimize",
-            str(MODELS / "cnn_legacy.onnx"),
-            str(out),
-            "--passes",
-            "drop-doc-strings,cleanup",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    model = str(MODELS / "cnn_legacy.onnx")
+    done = run_cli("optimize", model, str(out), "--passes", "drop-doc-strings,cleanup", env=env)
     assert done.returncode == 0, done.stderr
     assert out.is_file()
-    schema = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "trtopt", "schema"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    schema = json.loads(run_cli("schema", env=env).stdout)
     assert "drop-doc-strings" in schema["properties"]["passes"]["items"]["anyOf"][0]["enum"]
