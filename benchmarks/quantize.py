@@ -1,0 +1,262 @@
+"""INT8 benchmark: trtopt's quantize pass vs onnxruntime.quantization.quantize_static.
+
+Same models, same calibration data, one run. quantize_static runs with the settings ModelOpt
+uses for TensorRT (QDQ format, per-channel, symmetric activations and weights, INT8, the same
+calibration method). Each quantization runs in its own process so that its calibration wall
+time and peak RSS are its own. Measured per model:
+
+- accuracy vs FP32 on ONNX Runtime CPU over held-out samples: worst cosine, max abs, top-1
+  agreement (classifiers);
+- ONNX Runtime CPU latency (median, batch 1, interleaved runs);
+- calibration wall time and peak RSS, as trtopt / quantize_static ratios;
+- with ``--auto``: trtopt's automatic sensitivity search for ``--auto-min`` cosine.
+
+Models come from ``benchmarks/export_models.py`` (``benchmarks/models/*_legacy.onnx``:
+ResNet-50, MobileNetV2, BERT-base, ViT-B from transformers configs with trained-like
+normalization statistics). Run from the repository root:
+
+    python benchmarks/quantize.py                      # every model
+    python benchmarks/quantize.py bert-base --samples 256 --calibrator entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+MODELS = {
+    "resnet50": ("resnet50_legacy.onnx", True),
+    "mobilenetv2": ("mobilenetv2_legacy.onnx", True),
+    "bert-base": ("bert-base_legacy.onnx", False),
+    "vit-b": ("vit-b_legacy.onnx", True),
+}
+IMAGE, SEQUENCE, VOCAB = 224, 32, 30522
+
+
+def calibration_feeds(vision: bool, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """One-sample feeds: smooth random images (closer to photographs than pixel noise,
+    normalized like ImageNet inputs) or token sequences with padded tails."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(samples):
+        if vision:
+            low = rng.standard_normal((1, 3, IMAGE // 16, IMAGE // 16)).astype(np.float32)
+            image = low.repeat(16, axis=2).repeat(16, axis=3)
+            image += 0.3 * rng.standard_normal(image.shape).astype(np.float32)
+            feeds.append({"pixel_values": image.astype(np.float32)})
+        else:
+            ids = rng.integers(1000, VOCAB, (1, SEQUENCE), dtype=np.int64)
+            mask = np.ones((1, SEQUENCE), dtype=np.int64)
+            mask[0, rng.integers(SEQUENCE // 2, SEQUENCE + 1) :] = 0
+            feeds.append({"input_ids": ids, "attention_mask": mask})
+    return feeds
+
+
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_trtopt(
+    model: str, out: str, vision: bool, samples: int, calibrator: str, auto_min: float | None
+) -> dict:
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from trtopt import feeds as feeds_mod
+    from trtopt.calibration import DataSet, DataSource
+    from trtopt.passes import PassContext
+    from trtopt.passes.quantize import Quantize
+
+    source = onnx.load(model)
+    data_dir = Path(out).with_suffix(".npz.d")
+    data_dir.mkdir(exist_ok=True)
+    for i, feed in enumerate(calibration_feeds(vision, samples, seed=1)):
+        np.savez(data_dir / f"{i:05d}.npz", **feed)
+    data = DataSet(DataSource(npz=str(data_dir / "*.npz")), feeds_mod.model_inputs(source))
+    options = {"calibrator": calibrator, "cache": False}
+    if auto_min is not None:
+        options["auto"] = {"metric": "cosine", "min": auto_min, "samples": 4}
+    ctx = PassContext(
+        scratch_dir=Path(out).parent,
+        calibration=data,
+        validation=calibration_feeds(vision, 4, seed=99),
+    )
+    start = time.perf_counter()
+    graph = Quantize(Quantize.Options.model_validate(options)).run(gs.import_onnx(source), ctx)
+    seconds = time.perf_counter() - start
+    onnx.save(gs.export_onnx(graph), out)
+    return {"seconds": seconds, "rss_mib": _peak_rss_mib(), "details": ctx.details}
+
+
+def child_ort(model: str, out: str, vision: bool, samples: int, calibrator: str) -> dict:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calibration_feeds(vision, samples, seed=1))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    method = {
+        "entropy": CalibrationMethod.Entropy,
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+    }[calibrator]
+    start = time.perf_counter()
+    prepared = out + ".pre.onnx"
+    quant_pre_process(model, prepared, skip_symbolic_shape=not vision)
+    quantize_static(
+        prepared,
+        out,
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        # On BERT, the default op set calibrates the attention-mask tensors (-3.4e38) and
+        # the entropy calibrator fails ("Too many bins for data range"): quantize the
+        # compute ops only, as trtopt does.
+        op_types_to_quantize=None if vision else ["MatMul", "Gemm"],
+    )
+    return {"seconds": time.perf_counter() - start, "rss_mib": _peak_rss_mib()}
+
+
+def run_child(kind: str, *args: str) -> dict:
+    command = [sys.executable, __file__, "--child", kind, *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def evaluate(fp32: str, candidates: dict[str, str], vision: bool, runs: int) -> dict:
+    import onnxruntime as ort
+
+    def session(path):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    held_out = calibration_feeds(vision, 16, seed=12345)
+    sessions = {"fp32": session(fp32), **{k: session(v) for k, v in candidates.items()}}
+    outputs = {k: [s.run(None, f)[0] for f in held_out] for k, s in sessions.items()}
+    result = {}
+    for name in candidates:
+        ref, got = outputs["fp32"], outputs[name]
+        cosines = [
+            float(np.dot(a.ravel(), b.ravel()) / np.linalg.norm(a) / np.linalg.norm(b))
+            for a, b in zip(ref, got)
+        ]
+        # Also over every held-out output stacked, centred by the reference's mean output:
+        # the exported classifiers have 2-logit heads, where one sample's cosine says little.
+        centre = np.mean(np.stack(ref), axis=0)
+        stacked_a = np.concatenate([(a - centre).ravel() for a in ref])
+        stacked_b = np.concatenate([(b - centre).ravel() for b in got])
+        norm = np.linalg.norm(stacked_a) * np.linalg.norm(stacked_b)
+        entry = {
+            "cosine": min(cosines),
+            "cosine_centred": float(np.dot(stacked_a, stacked_b) / norm),
+            "max_abs": max(float(np.abs(a - b).max()) for a, b in zip(ref, got)),
+        }
+        if vision:
+            entry["top1"] = float(np.mean([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, got)]))
+        result[name] = entry
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):  # interleaved, so drift hits every model alike
+        for name, sess in sessions.items():
+            start = time.perf_counter()
+            sess.run(None, held_out[0])
+            times[name].append(time.perf_counter() - start)
+    for name, values in times.items():
+        result.setdefault(name, {})["latency_ms"] = 1000 * float(np.median(values))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=list(MODELS))
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument(
+        "--calibrator", default="entropy", choices=["entropy", "minmax", "percentile"]
+    )
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--auto-min", type=float, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="trtopt-bench-") as tmp:
+        for name in args.models:
+            file, vision = MODELS[name]
+            model = str(ROOT / "models" / file)
+            if not Path(model).is_file():
+                print(f"{name}: {model} missing; run benchmarks/export_models.py", flush=True)
+                continue
+            ours, theirs = f"{tmp}/{name}.trtopt.onnx", f"{tmp}/{name}.ort.onnx"
+            common = [model, str(int(vision)), str(args.samples), args.calibrator]
+            mine = run_child("trtopt", *common, ours, "")
+            ort_ = run_child("ort", *common, theirs)
+            candidates = {"trtopt": ours, "ort": theirs}
+            auto = None
+            if args.auto_min is not None:
+                auto_path = f"{tmp}/{name}.auto.onnx"
+                auto = run_child("trtopt", *common, auto_path, str(args.auto_min))
+                candidates["auto"] = auto_path
+            metrics = evaluate(model, candidates, vision, args.runs)
+            row = {
+                "model": name,
+                "samples": args.samples,
+                "calibrator": args.calibrator,
+                "trtopt": {**mine, **metrics["trtopt"]},
+                "ort": {**ort_, **metrics["ort"]},
+                "fp32_latency_ms": metrics["fp32"]["latency_ms"],
+            }
+            if auto is not None:
+                row["auto"] = {
+                    **metrics["auto"],
+                    "seconds": auto["seconds"],
+                    "kept": [k["node"] for k in auto["details"]["auto"]["kept"]],
+                    "quantized": auto["details"]["quantized_nodes"],
+                }
+            row["trtopt"].pop("details", None)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        kind, model, vision, samples, calibrator, out, *rest = sys.argv[2:]
+        if kind == "trtopt":
+            auto_min = float(rest[0]) if rest and rest[0] else None
+            result = child_trtopt(model, out, vision == "1", int(samples), calibrator, auto_min)
+        else:
+            result = child_ort(model, out, vision == "1", int(samples), calibrator)
+        print(json.dumps(result, default=str))
+        sys.exit(0)
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Calibration: data sources, streaming statistics, calibrators and range caches."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from .cache import cache_key, load_ranges, save_ranges, tensorrt_cache
+from .calibrators import ALGORITHM_VERSION, CALIBRATORS, DEFAULT_BINS, AbsHistogram, compute_amax
+from .collect import DEFAULT_MEMORY_BUDGET, collect
+from .sources import DataSet, DataSource, ImageSource, SyntheticSource
+
+log = logging.getLogger("trtopt.calibration")
+
+__all__ = [
+    "CALIBRATORS",
+    "AbsHistogram",
+    "CalibrationResult",
+    "DataSet",
+    "DataSource",
+    "ImageSource",
+    "SyntheticSource",
+    "calibrate",
+    "collect",
+    "compute_amax",
+    "model_digest",
+    "tensorrt_cache",
+]
+
+
+@dataclass
+class CalibrationResult:
+    """Ranges (amax per tensor) and how they were obtained."""
+
+    ranges: dict[str, float]
+    cached: bool
+    feeds: int = 0
+    cache_file: Path | None = None
+    settings: dict = field(default_factory=dict)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def model_digest(model: onnx.ModelProto) -> str:
+    """sha256 of a model's graph, opsets and weights, hashed piece by piece (serializing the
+    whole model at once would hold a second copy of its weights)."""
+    digest = hashlib.sha256()
+    for opset in model.opset_import:
+        digest.update(opset.SerializeToString(deterministic=True))
+    graph = model.graph
+    for part in (graph.node, graph.input, graph.output, graph.initializer):
+        for item in part:
+            digest.update(item.SerializeToString(deterministic=True))
+    return digest.hexdigest()
+
+
+def calibrate(
+    model: onnx.ModelProto,
+    data: DataSet,
+    tensors: Sequence[str],
+    calibrator: str = "entropy",
+    percentile: float = 99.99,
+    bins: int = DEFAULT_BINS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+) -> CalibrationResult:
+    """Ranges of ``tensors`` on ``data`` by ``calibrator``, streamed, cached on disk."""
+    settings = {
+        # Versions too: a cache must not outlive a change in the code that produced it.
+        "algorithm": ALGORITHM_VERSION,
+        "trtopt": _version("trtopt"),
+        "onnxruntime": ort.__version__,
+        "calibrator": calibrator,
+        "percentile": percentile if calibrator == "percentile" else None,
+        "bins": bins,
+        "tensors": sorted(tensors),
+    }
+    key = None
+    if use_cache:
+        key = cache_key(model_digest(model), data.fingerprint(), settings)
+        cached = load_ranges(key, cache_dir)
+        if cached is not None and set(cached) >= set(tensors):
+            log.info("calibration ranges from the cache")
+            return CalibrationResult(cached, cached=True, settings=settings)
+    histograms = {name: AbsHistogram(bins) for name in tensors}
+
+    def observe(name: str, array) -> None:
+        histograms[name].update(array)
+
+    count = collect(model, data, list(tensors), observe, memory_budget)
+    ranges = {name: compute_amax(hist, calibrator, percentile) for name, hist in histograms.items()}
+    path = save_ranges(key, ranges, cache_dir) if key is not None else None
+    return CalibrationResult(ranges, cached=False, feeds=count, cache_file=path, settings=settings)

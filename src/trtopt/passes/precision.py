@@ -1,0 +1,461 @@
+"""``precision``: FP16/BF16 written into the graph (casts and converted weights).
+
+TensorRT 11 is strongly typed: a layer runs in the type of its tensors, so reduced precision
+is a graph rewrite. Every floating-point node is either *lowered* (its FP32 inputs and
+outputs become FP16/BF16, its FP32 weights are converted) or *kept* in FP32; a Cast is
+inserted only where a tensor crosses from one kind of node to the other, one per tensor and
+target type, and Cast-of-Cast chains are folded, so no cascaded or no-op casts are emitted.
+Graphs that already hold Q/DQ are handled like any other: a lowered DequantizeLinear gets an
+FP16 scale (opset 19 allows it) and so outputs FP16, as TensorRT's strongly typed Q/DQ
+fusions require.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from pydantic import Field
+
+from ..calibration import collect
+from ..errors import DataError, RecipeError
+from .base import Pass, PassContext, PassOptions
+from .quantize import (
+    matches,
+    name_nodes,
+    onnx_dtype,
+    require_opset,
+    shape_nodes,
+    with_types,
+)
+from .registry import register_pass
+from .sensitivity import AutoOptions, Judge, search
+
+F32 = onnx.TensorProto.FLOAT
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24
+"""Below half of this, a value rounds to zero in FP16 (the smallest subnormal is 2**-24)."""
+QDQ_FP16_OPSET = 19
+"""QuantizeLinear/DequantizeLinear take FP16/BF16 scales from opset 19."""
+
+DEFAULT_KEEP: tuple[str, ...] = (
+    # Normalizations: mean/variance reductions overflow or lose precision in FP16 (the
+    # classic failure of unfused LayerNorm: x**2 of activations > 256 exceeds 65504).
+    "LayerNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "Pow",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    # Exponentials and logs outside Softmax overflow quickly (exp(x) > 65504 for x > 11).
+    "Exp",
+    "Log",
+    "Softplus",
+    # Index/coordinate arithmetic: FP16 cannot count past 2048 exactly.
+    "Range",
+    "CumSum",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "TopK",
+)
+"""Op types kept in FP32 by default: numerically sensitive in FP16."""
+
+FIXED_FP32_INPUTS: dict[str, tuple[int, ...]] = {"Resize": (2,), "Upsample": (1,)}
+"""Inputs that ONNX types as FP32 whatever the data type (Resize's scales)."""
+ATTRIBUTE_TYPED = (
+    "Constant",
+    "ConstantOfShape",
+    "RandomNormal",
+    "RandomUniform",
+    "EyeLike",
+    "RandomNormalLike",
+    "RandomUniformLike",
+)
+"""Ops whose output type comes from an attribute: kept, their consumers cast."""
+TYPE_AGNOSTIC = ("Cast", "Shape", "Size")
+EXACT_OPS = (
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Slice",
+    "Gather",
+    "GatherElements",
+    "GatherND",
+    "Split",
+    "Expand",
+    "Tile",
+    "Identity",
+    "Cast",
+    "Shape",
+    "Size",
+    "Pad",
+    "DepthToSpace",
+    "SpaceToDepth",
+    "Where",
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Relu",
+    "MaxPool",
+    "Max",
+    "Min",
+    "Neg",
+    "Abs",
+)
+"""Ops that compute nothing a lower precision could change (beyond their inputs' rounding):
+not candidates of the automatic search."""
+
+
+class Keep(PassOptions):
+    op_types: list[str] = list(DEFAULT_KEEP)
+    """Op types kept in FP32 (default: DEFAULT_KEEP, numerically sensitive ops; [] lowers
+    everything)."""
+    nodes: list[str] = []
+    """Regexes of node names kept in FP32 (searched anywhere in the name)."""
+
+
+class Guard(PassOptions):
+    enabled: bool = True
+    """With calibration data: keep nodes whose activations leave FP16's range in FP32."""
+    overflow: Annotated[float, Field(gt=0)] = FP16_MAX
+    """Keep a node when any of its activations reaches this magnitude."""
+    underflow: Annotated[float, Field(gt=0, le=1)] = 0.1
+    """Keep a node when more than this fraction of a non-zero activation would flush to 0."""
+
+
+@register_pass("precision")
+class Precision(Pass):
+    """Lower floating-point math to FP16 or BF16 in the graph, keeping sensitive nodes in FP32."""
+
+    class Options(PassOptions):
+        dtype: Literal["fp16", "bf16"] = "fp16"
+        keep_fp32: Keep = Keep()
+        io: Literal["keep", "convert"] = "keep"
+        """keep: model inputs and outputs keep their FP32 type; convert: they become dtype."""
+        guard: Guard = Guard()
+        """Data-driven FP16 range guard (BF16 has FP32's range and needs none)."""
+        auto: AutoOptions | None = None
+        """Keep the most sensitive nodes in FP32, as few as possible, until this passes."""
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        options: Any = self.options
+        graph.toposort()
+        name_nodes(graph)
+        graph = with_types(graph)
+        float_nodes = [n for n in graph.nodes if _is_float_node(n)]
+        shapes = shape_nodes(graph)
+        reasons: dict[str, str] = {}
+        for node in float_nodes:
+            if node.name in shapes:
+                continue  # shape arithmetic is never lowered and not worth listing
+            if node.op in ATTRIBUTE_TYPED:
+                continue
+            if matches(node, options.keep_fp32.op_types, []):
+                reasons[node.name] = f"op type {node.op} in keep_fp32"
+            elif matches(node, [], options.keep_fp32.nodes):
+                reasons[node.name] = "name matches keep_fp32.nodes"
+        if options.dtype == "fp16" and options.guard.enabled:
+            reasons.update(self._guard(graph, float_nodes, reasons, ctx))
+        lowered = {
+            n.name
+            for n in float_nodes
+            if n.name not in reasons and n.name not in shapes and n.op not in ATTRIBUTE_TYPED
+        }
+        kept_auto: list[dict] = []
+        if options.auto is not None and lowered:
+            feeds = (ctx.validation or ctx.feeds)[: options.auto.samples]
+            if not feeds:
+                raise DataError("precision.auto needs validation data (data.validation or check)")
+            reference = gs.export_onnx(graph.copy(), do_type_check=False)
+            try:
+                judge = Judge(reference, feeds, options.auto)
+            except ValueError as error:
+                raise RecipeError(f"precision: {error}") from None
+            candidates = sorted(
+                (n for n in lowered if _node(graph, n).op not in EXACT_OPS),
+                key=[n.name for n in graph.nodes].index,
+            )
+            # BF16 has no ONNX Runtime CPU kernels: judge an FP32 graph that rounds every
+            # lowered value to BF16 instead (TensorRT accumulates in FP32 as well).
+            emulate = options.dtype == "bf16"
+            result = search(
+                candidates,
+                lambda keep: gs.export_onnx(
+                    self.lower(graph.copy(), lowered - keep, emulate=emulate)
+                ),
+                judge,
+            )
+            kept_auto = result.kept
+            for item in kept_auto:
+                reasons[item["node"]] = f"auto: effect {item['effect']:.3g} when lowered alone"
+            lowered -= {k["node"] for k in kept_auto}
+            ctx.details["auto"] = result.to_json(options.auto.metric, options.auto.limit)
+            if not result.reached:
+                ctx.warnings.append(
+                    f"precision.auto: {options.auto.metric} {result.value:.6g} does not reach "
+                    f"{options.auto.limit} even with every node in FP32"
+                )
+        graph = self.lower(graph, lowered)
+        nodes = {n.name: n for n in graph.nodes}
+        ctx.details["dtype"] = options.dtype
+        ctx.details["lowered_nodes"] = len(lowered)
+        ctx.details["kept_fp32"] = [
+            {"node": name, "op": nodes[name].op if name in nodes else None, "reason": reason}
+            for name, reason in reasons.items()
+        ]
+        ctx.details["excluded_nodes"] = kept_auto
+        return graph
+
+    # -- the data-driven guard ------------------------------------------------------------
+
+    def _guard(
+        self,
+        graph: gs.Graph,
+        float_nodes: list[gs.Node],
+        already: dict[str, str],
+        ctx: PassContext,
+    ) -> dict[str, str]:
+        """Nodes whose activations on the calibration data overflow FP16 or mostly flush to
+        zero, with the reason. Without calibration data: none (and a warning)."""
+        options: Any = self.options
+        data = ctx.calibration
+        if data is None:
+            return {}
+        if data.synthetic:
+            ctx.warnings.append(
+                "precision: FP16 range guard ran on synthetic data; declare data.calibration"
+            )
+        data.first()
+        watched = {
+            t.name
+            for n in float_nodes
+            if n.name not in already
+            for t in (*n.inputs, *n.outputs)
+            if isinstance(t, gs.Variable) and onnx_dtype(t) == F32
+        }
+        stats: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in watched}
+
+        def observe(name: str, array: np.ndarray) -> None:
+            values = np.abs(np.asarray(array, dtype=np.float32))
+            entry = stats[name]
+            if values.size:
+                entry[0] = max(entry[0], float(np.max(values, initial=0.0)))
+            nonzero = values != 0
+            entry[1] += float(np.count_nonzero(nonzero))
+            entry[2] += float(np.count_nonzero(nonzero & (values < FP16_TINY / 2)))
+
+        model = gs.export_onnx(graph.copy(), do_type_check=False)
+        collect(model, data, sorted(watched), observe)
+        found = {}
+        for node in float_nodes:
+            if node.name in already:
+                continue
+            for role, tensors in (("output", node.outputs), ("input", node.inputs)):
+                for tensor in tensors:
+                    if tensor.name not in stats:
+                        continue
+                    amax, nonzero, tiny = stats[tensor.name]
+                    if not np.isfinite(amax) or amax >= options.guard.overflow:
+                        found[node.name] = (
+                            f"guard: {role} '{tensor.name}' reaches {amax:.4g} "
+                            f"(FP16 max {FP16_MAX:g})"
+                        )
+                    elif nonzero and tiny / nonzero > options.guard.underflow:
+                        found[node.name] = (
+                            f"guard: {role} '{tensor.name}' would flush {tiny / nonzero:.0%} of "
+                            "its non-zero values to 0 in FP16"
+                        )
+                    if node.name in found:
+                        break
+                if node.name in found:
+                    break
+        return found
+
+    # -- the rewrite ----------------------------------------------------------------------
+
+    def lower(self, graph: gs.Graph, lowered: set[str], emulate: bool = False) -> gs.Graph:
+        """Lower the nodes named in ``lowered`` (in place); ``emulate`` instead rounds their
+        values to the target type inside an FP32 graph (for judging BF16 on a CPU)."""
+        options: Any = self.options
+        target = onnx.TensorProto.FLOAT16 if options.dtype == "fp16" else onnx.TensorProto.BFLOAT16
+        suffix = options.dtype
+        if emulate:
+            return _emulate(graph, lowered, target)
+        np_target = np.float16 if target == onnx.TensorProto.FLOAT16 else ml_dtypes.bfloat16
+        nodes = [n for n in graph.nodes if n.name in lowered]
+        graph_outputs = {id(t) for t in graph.outputs}
+        float32 = {
+            t.name
+            for t in graph.tensors().values()
+            if isinstance(t, gs.Variable) and onnx_dtype(t) == F32
+        }
+        casts: dict[tuple[str, int], gs.Variable] = {}
+        constants: dict[str, gs.Constant] = {}
+
+        def cast(tensor: gs.Tensor, to: int) -> gs.Variable:
+            key = (tensor.name, to)
+            if key not in casts:
+                label = "fp32" if to == F32 else suffix
+                out = gs.Variable(f"{tensor.name}_{label}", dtype=_np(to), shape=tensor.shape)
+                graph.nodes.append(
+                    gs.Node("Cast", f"{tensor.name}_Cast_{label}", {"to": to}, [tensor], [out])
+                )
+                casts[key] = out
+            return casts[key]
+
+        # Model outputs computed by lowered nodes keep their name and FP32 type (io: keep):
+        # the node writes a renamed low-precision tensor and a Cast restores the output.
+        low_outputs: set[str] = set()
+        for node in nodes:
+            for index, tensor in enumerate(node.outputs):
+                if tensor.name not in float32:
+                    continue
+                if id(tensor) in graph_outputs and options.io == "keep":
+                    renamed = gs.Variable(
+                        f"{tensor.name}_{suffix}", dtype=np_target, shape=tensor.shape
+                    )
+                    for consumer in list(tensor.outputs):
+                        _replace_input(consumer, tensor, renamed)
+                    node.outputs[index] = renamed
+                    graph.nodes.append(
+                        gs.Node(
+                            "Cast", f"{tensor.name}_Cast_fp32", {"to": F32}, [renamed], [tensor]
+                        )
+                    )
+                    casts[(renamed.name, F32)] = tensor
+                    low_outputs.add(renamed.name)
+                else:
+                    tensor.dtype = np_target
+                    low_outputs.add(tensor.name)
+        if options.io == "convert":
+            for tensor in graph.inputs:
+                if tensor.name in float32:
+                    tensor.dtype = np_target
+                    low_outputs.add(tensor.name)
+        for node in nodes:
+            if node.op == "Cast":
+                if node.attrs.get("to") == F32:
+                    node.attrs["to"] = target
+                continue
+            fixed = FIXED_FP32_INPUTS.get(node.op, ())
+            for index, tensor in enumerate(node.inputs):
+                if index in fixed:
+                    continue
+                if isinstance(tensor, gs.Constant):
+                    values = tensor.values
+                    if np.asarray(values).dtype == np.float32:
+                        if tensor.name not in constants:
+                            constants[tensor.name] = gs.Constant(
+                                f"{tensor.name}_{suffix}", _convert(np.asarray(values), np_target)
+                            )
+                        node.inputs[index] = constants[tensor.name]
+                elif tensor.name in float32 and tensor.name not in low_outputs:
+                    node.inputs[index] = cast(tensor, target)
+        for node in list(graph.nodes):
+            if node.name in lowered or node.op in TYPE_AGNOSTIC:
+                continue  # Cast, Shape and Size read any type: they need no Cast before them
+            for index, tensor in enumerate(node.inputs):
+                if isinstance(tensor, gs.Variable) and tensor.name in low_outputs:
+                    node.inputs[index] = cast(tensor, F32)
+        if options.io == "convert":
+            for index, tensor in enumerate(graph.outputs):
+                if tensor.name in float32 and tensor.name not in low_outputs:
+                    graph.outputs[index] = cast(tensor, target)
+        if any(n.op in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+            require_opset(graph, QDQ_FP16_OPSET)
+        fold_casts(graph)
+        graph.cleanup().toposort()
+        return graph
+
+
+def fold_casts(graph: gs.Graph) -> None:
+    """Fold Cast chains between float types and remove Casts to the type they already have,
+    so that no cascaded (Cast -> Cast) or no-op Cast remains."""
+    outputs = {id(t) for t in graph.outputs}
+    for node in list(graph.nodes):
+        if node.op != "Cast" or not node.inputs:
+            continue
+        source = node.inputs[0]
+        producer = source.inputs[0] if source.inputs else None
+        if (
+            producer is not None
+            and producer.op == "Cast"
+            and node.attrs.get("to") in FLOAT_TYPES
+            and producer.attrs.get("to") in FLOAT_TYPES
+            and producer.inputs
+        ):
+            origin = producer.inputs[0]
+            origin_type = onnx_dtype(origin)
+            # Float -> float -> float: skip the middle type. Integer sources may skip an FP32
+            # step too (their values are exact in either float type's range of interest).
+            if origin_type is not None:
+                node.inputs[0] = origin
+                source = origin
+        if onnx_dtype(source) == node.attrs.get("to") and id(node.outputs[0]) not in outputs:
+            result = node.outputs[0]
+            for consumer in list(result.outputs):
+                _replace_input(consumer, result, source)
+            node.inputs.clear()
+            node.outputs.clear()
+
+
+def _replace_input(node: gs.Node, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Swap ``old`` for ``new`` by index, which keeps graphsurgeon's producer/consumer links."""
+    for index, tensor in enumerate(node.inputs):
+        if tensor is old:
+            node.inputs[index] = new
+
+
+def _emulate(graph: gs.Graph, lowered: set[str], target: int) -> gs.Graph:
+    """FP32 graph in which lowered nodes see and produce values rounded to ``target``."""
+    np_target = np.float16 if target == onnx.TensorProto.FLOAT16 else ml_dtypes.bfloat16
+    for node in [n for n in graph.nodes if n.name in lowered]:
+        for index, tensor in enumerate(node.inputs):
+            if isinstance(tensor, gs.Constant) and np.asarray(tensor.values).dtype == np.float32:
+                rounded = _convert(np.asarray(tensor.values), np_target).astype(np.float32)
+                node.inputs[index] = gs.Constant(f"{tensor.name}_rounded", rounded)
+        for index, tensor in enumerate(list(node.outputs)):
+            if onnx_dtype(tensor) != F32:
+                continue
+            raw = gs.Variable(f"{tensor.name}_raw", dtype=np.float32, shape=tensor.shape)
+            low = gs.Variable(f"{tensor.name}_low", dtype=_np(target), shape=tensor.shape)
+            node.outputs[index] = raw
+            graph.nodes.append(
+                gs.Node("Cast", f"{tensor.name}_round", {"to": target}, [raw], [low])
+            )
+            graph.nodes.append(gs.Node("Cast", f"{tensor.name}_back", {"to": F32}, [low], [tensor]))
+    graph.cleanup().toposort()
+    return graph
+
+
+def _convert(values: np.ndarray, np_target: Any) -> np.ndarray:
+    """FP32 values in the target type, saturating to its finite range instead of becoming
+    infinite (what an attention mask's -3.4e38 needs: -65504 still masks)."""
+    if np_target is np.float16:
+        values = np.clip(values, -FP16_MAX, FP16_MAX)
+    return np.asarray(np.asarray(values).astype(np_target))
+
+
+def _np(onnx_type: int) -> Any:
+    if onnx_type == onnx.TensorProto.BFLOAT16:
+        return ml_dtypes.bfloat16
+    return onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
+
+
+def _is_float_node(node: gs.Node) -> bool:
+    if node.op == "Cast":
+        return node.attrs.get("to") == F32
+    return any(onnx_dtype(t) == F32 for t in (*node.inputs, *node.outputs))
+
+
+def _node(graph: gs.Graph, name: str) -> gs.Node:
+    return next(n for n in graph.nodes if n.name == name)

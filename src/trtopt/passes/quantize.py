@@ -1,0 +1,564 @@
+"""``quantize``: explicit INT8 Q/DQ placed the way TensorRT's strongly typed builder wants it.
+
+TensorRT 11 has no implicit INT8 and no calibrators: precision is what the graph says, so
+this pass calibrates activation ranges on ONNX Runtime (streaming, cached; see
+trtopt.calibration) and writes QuantizeLinear/DequantizeLinear pairs into the ONNX graph.
+Every placement rule below cites TensorRT's "Working with Quantized Types" guidance
+(explicit quantization, Q/DQ layer placement recommendations) next to the code applying it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from pydantic import Field, field_validator
+
+from ..calibration import calibrate, tensorrt_cache
+from ..calibration.collect import DEFAULT_MEMORY_BUDGET, weightless
+from ..errors import DataError, RecipeError
+from .base import Pass, PassContext, PassOptions
+from .registry import register_pass
+from .sensitivity import AutoOptions, Judge, search
+
+INT8_MAX = 127
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+"""Ops whose inputs are quantized: TensorRT runs them as INT8 kernels when both the data
+and the weight inputs come from DequantizeLinear."""
+POOLING_OPS = ("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool")
+MIN_QDQ_OPSET = 13
+"""Per-channel (``axis``) DequantizeLinear needs opset 13."""
+
+# Inputs that carry shapes, indices or sizes rather than data: what feeds them only is a
+# shape subgraph and must never be quantized.
+SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,),
+    "Expand": (1,),
+    "Tile": (1,),
+    "Slice": (1, 2, 3, 4),
+    "ConstantOfShape": (0,),
+    "Range": (0, 1, 2),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Pad": (1, 3),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "TopK": (1,),
+    "OneHot": (1,),
+    "Split": (1,),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
+    "ReduceMax": (1,),
+    "ReduceMin": (1,),
+    "Gather": (1,),
+    "GatherElements": (1,),
+    "GatherND": (1,),
+    "ScatterND": (1,),
+    "NonMaxSuppression": (2, 3, 4),
+}
+SHAPE_PRODUCERS = ("Shape", "Size")
+
+
+# -- graph helpers (shared with the precision pass) ----------------------------------------
+
+
+def onnx_dtype(tensor: gs.Tensor) -> int | None:
+    """A tensor's ONNX element type, or None when unknown."""
+    dtype = tensor.dtype
+    if dtype is None:
+        return None
+    if isinstance(dtype, int):
+        return dtype
+    try:
+        return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
+def with_types(graph: gs.Graph) -> gs.Graph:
+    """The graph re-imported after ONNX shape inference, so every tensor has a dtype."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    # Inference is best effort: unknown dtypes are handled conservatively. It runs on a
+    # weightless copy, so that large models are not held twice.
+    with contextlib.suppress(Exception):
+        inferred = onnx.shape_inference.infer_shapes(weightless(model), data_prop=True)
+        known = {t.name for t in (*model.graph.input, *model.graph.output)}
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
+    return gs.import_onnx(model)
+
+
+def name_nodes(graph: gs.Graph) -> None:
+    """Give every unnamed node a stable unique name (``<op>_<index>``), so that reports and
+    ``exclude.nodes`` can name it."""
+    taken = {node.name for node in graph.nodes if node.name}
+    for index, node in enumerate(graph.nodes):
+        if not node.name:
+            name = f"{node.op}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def require_opset(graph: gs.Graph, version: int) -> None:
+    """Raise the default-domain opset to at least ``version`` (graphsurgeon exports
+    ``import_domains`` when present, so both are updated). Each op used here keeps its
+    meaning across the versions crossed (later versions only add types or attributes)."""
+    if graph.opset >= version:
+        return
+    graph.opset = version
+    for entry in graph.import_domains or []:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = version
+
+
+def shape_nodes(graph: gs.Graph) -> set[str]:
+    """Names of nodes that compute only shapes/indices: everything they produce ends in a
+    shape-like input (SHAPE_INPUTS) or comes from Shape/Size."""
+    result: set[str] = set()
+    outputs = {id(t) for t in graph.outputs}
+    for node in reversed(graph.nodes):  # consumers before producers (graph is toposorted)
+        if node.op in SHAPE_PRODUCERS:
+            result.add(node.name)
+            continue
+        uses = []
+        for tensor in node.outputs:
+            if id(tensor) in outputs:
+                uses.append(False)
+            for consumer in tensor.outputs:
+                slots = [i for i, t in enumerate(consumer.inputs) if t is tensor]
+                shape_slot = all(i in SHAPE_INPUTS.get(consumer.op, ()) for i in slots)
+                uses.append(shape_slot or consumer.name in result)
+        if uses and all(uses):
+            result.add(node.name)
+    return result
+
+
+def is_float(tensor: gs.Tensor, dtype: int = onnx.TensorProto.FLOAT) -> bool:
+    return onnx_dtype(tensor) == dtype
+
+
+def matches(node: gs.Node, op_types: Iterable[str], patterns: Sequence[str]) -> bool:
+    """Does ``node`` fall under an exclusion: its op type listed, or its name matching one of
+    the regexes (``re.search``: anywhere in the name)."""
+    return node.op in set(op_types) or any(re.search(p, node.name) for p in patterns)
+
+
+# -- options --------------------------------------------------------------------------------
+
+
+class Exclude(PassOptions):
+    op_types: list[str] = []
+    """Op types never quantized, e.g. [MatMul] to keep attention in float."""
+    nodes: list[str] = []
+    """Regexes of node names never quantized (searched anywhere in the name)."""
+
+    @field_validator("nodes")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"invalid regex {pattern!r}: {error}") from None
+        return value
+
+
+@dataclass
+class Site:
+    """One quantized input: a tensor feeding a node's input slot."""
+
+    node: str
+    slot: int
+    tensor: str
+    weight_axis: int | None = None
+    """Constant weights: the per-channel axis (None: per-tensor)."""
+    constant: bool = False
+
+
+@dataclass
+class Plan:
+    sites: list[Site] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    """Nodes that receive Q/DQ (what the auto search may keep in float)."""
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+# -- the pass -------------------------------------------------------------------------------
+
+
+@register_pass("quantize")
+class Quantize(Pass):
+    """Calibrate and insert INT8 QuantizeLinear/DequantizeLinear pairs where TensorRT fuses them."""
+
+    class Options(PassOptions):
+        dtype: Literal["int8"] = "int8"
+        """Quantized type. TensorRT's explicit quantization here: INT8."""
+        calibrator: Literal["minmax", "percentile", "entropy", "mse"] = "entropy"
+        """How activation ranges are chosen from the calibration histograms."""
+        percentile: Annotated[float, Field(gt=50, le=100)] = 99.99
+        """The percentile calibrator's percentile of |x|."""
+        per_channel: bool = True
+        """Weights get one scale per output channel (else one per tensor)."""
+        symmetric: bool = True
+        """Zero point 0. TensorRT rejects non-zero zero points, so this must stay true."""
+        op_types: list[str] = list(QUANTIZED_OPS)
+        """Ops whose inputs are quantized (from Conv, ConvTranspose, Gemm, MatMul)."""
+        pooling: bool = True
+        """Also quantize inputs of pooling ops, so TensorRT keeps the INT8 region through them."""
+        residual_add: bool = True
+        """Quantize the skip input of an Add that follows a Conv, so TensorRT fuses the Add
+        (and a following Relu) into the Conv's INT8 kernel."""
+        exclude: Exclude = Exclude()
+        auto: AutoOptions | None = None
+        """Keep the most sensitive layers in float, as few as possible, until this passes."""
+        cache: bool = True
+        """Cache ranges by model, data and settings ($TRTOPT_CACHE_DIR, ~/.cache/trtopt)."""
+        memory_budget: Annotated[int, Field(ge=1 << 20)] = DEFAULT_MEMORY_BUDGET
+        """Bytes of activations exposed per calibration batch before tensors are grouped."""
+        bins: Annotated[int, Field(ge=256, le=1 << 16)] = 2048
+        """Histogram bins per tensor (a power of two)."""
+
+        @field_validator("symmetric")
+        @classmethod
+        def _symmetric(cls, value: bool) -> bool:
+            if not value:
+                raise ValueError(
+                    "TensorRT accepts only symmetric INT8 (zero point 0): "
+                    "'Non-zero zero point is not supported'"
+                )
+            return value
+
+        @field_validator("op_types")
+        @classmethod
+        def _ops(cls, value: list[str]) -> list[str]:
+            unknown = [op for op in value if op not in QUANTIZED_OPS]
+            if unknown:
+                raise ValueError(f"cannot quantize {unknown}; choose from {list(QUANTIZED_OPS)}")
+            return value
+
+        @field_validator("bins")
+        @classmethod
+        def _pow2(cls, value: int) -> int:
+            if value & (value - 1):
+                raise ValueError("bins must be a power of two")
+            return value
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        options: Any = self.options
+        graph.toposort()
+        name_nodes(graph)
+        graph = with_types(graph)
+        plan = self.plan(graph)
+        ctx.details["placement"] = plan.reasons
+        activations = sorted({s.tensor for s in plan.sites if not s.constant})
+        if not plan.sites:
+            ctx.details["quantized_nodes"] = 0
+            return graph
+
+        data = ctx.calibration
+        if data is None:
+            raise DataError("the quantize pass needs calibration data (recipe: data.calibration)")
+        if data.synthetic:
+            ctx.warnings.append(
+                "quantize: calibrated on synthetic data; ranges are not representative of real "
+                "inputs (declare data.calibration)"
+            )
+        data.first()  # names, dtypes and shapes checked before any work
+        reference = gs.export_onnx(graph.copy(), do_type_check=False)
+        result = calibrate(
+            reference,
+            data,
+            activations,
+            calibrator=options.calibrator,
+            percentile=options.percentile,
+            bins=options.bins,
+            memory_budget=options.memory_budget,
+            use_cache=options.cache,
+        )
+        ranges = result.ranges
+        ctx.details["calibration"] = {
+            "data": data.describe(),
+            "synthetic": data.synthetic,
+            "calibrator": options.calibrator,
+            "cached": result.cached,
+            "feeds": result.feeds,
+            "tensors": len(activations),
+            "cache_file": str(result.cache_file) if result.cache_file else None,
+        }
+        if ctx.artifacts_dir is not None:
+            (ctx.artifacts_dir / "calibration.cache").write_text(tensorrt_cache(ranges))
+
+        kept: list[dict] = []
+        excluded: set[str] = set()
+        if options.auto is not None:
+            feeds = (ctx.validation or ctx.feeds)[: options.auto.samples]
+            if not feeds:
+                raise DataError("quantize.auto needs validation data (data.validation or check)")
+            try:
+                judge = Judge(reference, feeds, options.auto)
+            except ValueError as error:
+                raise RecipeError(f"quantize: {error}") from None
+            result_search = search(
+                plan.units,
+                lambda keep: gs.export_onnx(self.apply(graph.copy(), plan, ranges, keep)),
+                judge,
+            )
+            excluded = {k["node"] for k in result_search.kept}
+            kept = result_search.kept
+            ctx.details["auto"] = result_search.to_json(options.auto.metric, options.auto.limit)
+            if not result_search.reached:
+                ctx.warnings.append(
+                    f"quantize.auto: {options.auto.metric} {result_search.value:.6g} does not "
+                    f"reach {options.auto.limit} even with every layer in float"
+                )
+        graph = self.apply(graph, plan, ranges, excluded)
+        ctx.details["quantized_nodes"] = len([u for u in plan.units if u not in excluded])
+        ctx.details["excluded_nodes"] = kept
+        return graph
+
+    # -- placement ------------------------------------------------------------------------
+
+    def plan(self, graph: gs.Graph) -> Plan:
+        """Where Q/DQ go. Each rule is TensorRT's explicit-quantization guidance."""
+        options: Any = self.options
+        plan = Plan()
+        # Rule: no Q/DQ in shape subgraphs. TensorRT computes shapes on the host in INT32/
+        # INT64; a quantized shape computation cannot build and would change shapes.
+        shapes = shape_nodes(graph)
+        skipped = set()
+        for node in graph.nodes:
+            if node.name in shapes or matches(
+                node, options.exclude.op_types, options.exclude.nodes
+            ):
+                skipped.add(node.name)
+        quantized: set[str] = set()
+        for node in graph.nodes:
+            if node.name in skipped or node.op not in options.op_types:
+                continue
+            sites = self._compute_sites(node)
+            if sites:
+                plan.sites += sites
+                plan.units.append(node.name)
+                quantized.add(node.name)
+                plan.reasons[node.name] = f"{node.op}: data and weight inputs"
+        for node in graph.nodes:
+            if node.name in skipped:
+                continue
+            if options.pooling and node.op in POOLING_OPS:
+                site = self._pooling_site(node, quantized)
+                if site:
+                    plan.sites.append(site)
+                    plan.units.append(node.name)
+                    plan.reasons[node.name] = f"{node.op}: input (INT8 pooling)"
+            elif options.residual_add and node.op == "Add":
+                site = self._residual_site(graph, node, quantized)
+                if site:
+                    plan.sites.append(site)
+                    plan.units.append(node.name)
+                    plan.reasons[node.name] = f"Add: residual input '{site.tensor}'"
+        return plan
+
+    def _compute_sites(self, node: gs.Node) -> list[Site]:
+        """Rule: quantize the data and weight inputs of Conv, ConvTranspose, Gemm and MatMul,
+        never their outputs. TensorRT fuses DQ -> op -> (bias, activation, residual Add) ->
+        Q into one INT8 kernel; a Q/DQ on the op's own output would split that fusion.
+        Bias inputs stay float: TensorRT rejects INT32 DequantizeLinear and folds the bias
+        into the kernel itself."""
+        options: Any = self.options
+        slots: list[tuple[int, int | None]] = []  # (input slot, per-channel axis of weights)
+        if node.op == "Conv":
+            # Rule: weights [C_out, C_in/g, k...] per output channel -> axis 0.
+            slots = [(0, None), (1, 0)]
+        elif node.op == "ConvTranspose":
+            # Rule: weights [C_in, C_out/g, k...] -> output channel axis 1, which TensorRT
+            # supports for groups == 1; grouped deconvolution falls back to per-tensor.
+            group = int(node.attrs.get("group", 1))
+            slots = [(0, None), (1, 1 if group == 1 else -1)]
+        elif node.op == "Gemm":
+            # Rule: B is [K, N] (or [N, K] with transB): per output column N.
+            slots = [(0, None), (1, 0 if int(node.attrs.get("transB", 0)) else 1)]
+        elif node.op == "MatMul":
+            # Rule: a constant B [..., K, N] is quantized per output column (last axis);
+            # activation x activation MatMuls (attention) get per-tensor Q/DQ on both inputs.
+            slots = [(0, None), (1, None)]
+        sites = []
+        for slot, axis in slots:
+            if slot >= len(node.inputs):
+                return []
+            tensor = node.inputs[slot]
+            constant = isinstance(tensor, gs.Constant)
+            if not is_float(tensor) or (constant and np.asarray(tensor.values).dtype != np.float32):
+                return []  # only FP32 tensors are quantized (already-quantized inputs are not)
+            if _is_dequantized(tensor):
+                return []
+            weight_axis = None
+            if constant:
+                rank = np.asarray(tensor.values).ndim
+                if node.op == "MatMul":
+                    weight_axis = rank - 1 if rank >= 2 else None
+                elif axis is not None and axis >= 0 and rank > axis:
+                    weight_axis = axis
+                if not options.per_channel:
+                    weight_axis = None
+            sites.append(Site(node.name, slot, tensor.name, weight_axis, constant))
+        return sites
+
+    def _pooling_site(self, node: gs.Node, quantized: set[str]) -> Site | None:
+        """Rule: quantize a pooling op's input when its output feeds a quantized op, so the
+        INT8 region runs through it (TensorRT propagates Q/DQ across commuting ops like
+        pooling; a float pooling between two INT8 regions would need a dequantize and a
+        requantize)."""
+        if not node.inputs or not is_float(node.inputs[0]) or _is_dequantized(node.inputs[0]):
+            return None
+        feeds_quantized = any(
+            c.name in quantized for t in node.outputs for c in _through_reshapes(t)
+        )
+        if not feeds_quantized or isinstance(node.inputs[0], gs.Constant):
+            return None
+        return Site(node.name, 0, node.inputs[0].name)
+
+    def _residual_site(self, graph: gs.Graph, node: gs.Node, quantized: set[str]) -> Site | None:
+        """Rule: for a residual Add fed by a quantized Conv's output, quantize the other
+        (skip) input. TensorRT then fuses the Add into the Conv as an INT8 residual and can
+        append a following Relu; with a float skip input the Add runs as its own layer. When
+        both inputs come from quantized Convs (a projection shortcut), the earlier one's
+        output is quantized and the Add fuses into the later Conv."""
+        if len(node.inputs) != 2 or not all(
+            isinstance(t, gs.Variable) and is_float(t) for t in node.inputs
+        ):
+            return None
+        producers = [t.inputs[0] if t.inputs else None for t in node.inputs]
+        convs = [
+            i
+            for i, p in enumerate(producers)
+            if p is not None and p.op in ("Conv", "ConvTranspose") and p.name in quantized
+        ]
+        if not convs:
+            return None
+        shapes = [t.shape for t in node.inputs]
+        if shapes[0] is not None and shapes[1] is not None and list(shapes[0]) != list(shapes[1]):
+            return None  # a broadcast (bias-like) Add is not a residual
+        if len(convs) == 2:
+            order = {n.name: i for i, n in enumerate(graph.nodes)}
+            skip = min((0, 1), key=lambda i: order[producers[i].name])  # type: ignore[union-attr]
+        else:
+            skip = 1 - convs[0]
+        if _is_dequantized(node.inputs[skip]):
+            return None
+        return Site(node.name, skip, node.inputs[skip].name)
+
+    # -- rewriting ------------------------------------------------------------------------
+
+    def apply(
+        self, graph: gs.Graph, plan: Plan, ranges: dict[str, float], keep: set[str]
+    ) -> gs.Graph:
+        """Insert Q/DQ for every site of a node not in ``keep`` (on ``graph``, in place).
+
+        Rule: activations get one per-tensor symmetric scale (amax / 127) with an INT8 zero
+        point of 0, shared by all quantized consumers of the tensor (one Q and one DQ per
+        tensor, TensorRT's recommended form: the Q fuses into the producer, the DQ into each
+        consumer). Weights are stored as INT8 initializers behind a DequantizeLinear (no
+        QuantizeLinear on constants), per channel along the output-channel axis.
+        """
+        nodes = {n.name: n for n in graph.nodes}
+        tensors = graph.tensors()
+        require_opset(graph, MIN_QDQ_OPSET)
+        dequantized: dict[str, gs.Variable] = {}
+        for site in plan.sites:
+            if site.node in keep:
+                continue
+            node, tensor = nodes[site.node], tensors[site.tensor]
+            if site.constant:
+                replacement = dequantized.get(site.tensor) or self._weight(graph, tensor, site)
+            else:
+                amax = ranges.get(site.tensor, 0.0)
+                if not amax > 0.0 or not np.isfinite(amax):
+                    continue  # an all-zero (or non-finite) tensor has no INT8 scale
+                replacement = dequantized.get(site.tensor) or _qdq(graph, tensor, amax)
+            dequantized[site.tensor] = replacement
+            node.inputs[site.slot] = replacement
+        graph.cleanup().toposort()
+        return graph
+
+    def _weight(self, graph: gs.Graph, tensor: gs.Constant, site: Site) -> gs.Variable:
+        values = np.asarray(tensor.values, dtype=np.float32)
+        axis = site.weight_axis
+        if axis is None:
+            amax = np.array(np.abs(values).max(), dtype=np.float32)
+            shape_for = amax
+        else:
+            reduce = tuple(i for i in range(values.ndim) if i != axis)
+            amax = np.abs(values).max(axis=reduce).astype(np.float32)
+            shape_for = amax.reshape([-1 if i == axis else 1 for i in range(values.ndim)])
+        # An all-zero channel gets scale 1: its values quantize to 0 either way, and a zero
+        # scale is invalid.
+        scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+        scale_b = np.where(shape_for > 0, shape_for / INT8_MAX, 1.0).astype(np.float32)
+        # Narrow range [-127, 127]: TensorRT's symmetric INT8.
+        quantized = np.clip(np.rint(values / scale_b), -INT8_MAX, INT8_MAX).astype(np.int8)
+        name = tensor.name
+        q_const = gs.Constant(f"{name}_quantized", quantized)
+        scale_c = gs.Constant(f"{name}_scale", scale)
+        zero = gs.Constant(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8))
+        out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=list(values.shape))
+        attrs = {"axis": axis} if axis is not None else {}
+        graph.nodes.append(
+            gs.Node(
+                "DequantizeLinear",
+                f"{name}_DequantizeLinear",
+                attrs,
+                inputs=[q_const, scale_c, zero],
+                outputs=[out],
+            )
+        )
+        return out
+
+
+def _qdq(graph: gs.Graph, tensor: gs.Tensor, amax: float) -> gs.Variable:
+    name = tensor.name
+    scale = gs.Constant(f"{name}_scale", np.array(amax / INT8_MAX, dtype=np.float32))
+    zero = gs.Constant(f"{name}_zero_point", np.array(0, dtype=np.int8))
+    q_out = gs.Variable(f"{name}_quantized", dtype=np.int8, shape=tensor.shape)
+    dq_out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=tensor.shape)
+    graph.nodes.append(
+        gs.Node(
+            "QuantizeLinear",
+            f"{name}_QuantizeLinear",
+            inputs=[tensor, scale, zero],
+            outputs=[q_out],
+        )
+    )
+    graph.nodes.append(
+        gs.Node(
+            "DequantizeLinear",
+            f"{name}_DequantizeLinear",
+            inputs=[q_out, scale, zero],
+            outputs=[dq_out],
+        )
+    )
+    return dq_out
+
+
+def _is_dequantized(tensor: gs.Tensor) -> bool:
+    return bool(tensor.inputs) and tensor.inputs[0].op == "DequantizeLinear"
+
+
+def _through_reshapes(tensor: gs.Tensor) -> list[gs.Node]:
+    """Consumers of ``tensor``, looking through Flatten/Reshape/Squeeze (data movement that
+    TensorRT propagates Q/DQ across)."""
+    found = []
+    for consumer in tensor.outputs:
+        if consumer.op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+            for out in consumer.outputs:
+                found += _through_reshapes(out)
+        else:
+            found.append(consumer)
+    return found

@@ -1,0 +1,238 @@
+"""Automatic sensitivity search: keep the fewest layers in higher precision so a metric passes.
+
+Shared by ``quantize`` and ``precision`` (``auto: {metric, min|max}``). It replaces
+Polygraphy's layer bisection (``debug precision``), which needs TensorRT <= 10 and only ever
+keeps the first or last N layers. Here every candidate layer is measured on its own:
+
+1. the graph with every candidate lowered is judged; if it passes, nothing is kept;
+2. each candidate's effect is the metric's error when only that layer is lowered;
+3. the smallest k such that keeping the k most sensitive layers passes is found by bisection
+   (errors add up roughly monotonically);
+4. each kept layer, least sensitive first, is lowered again if the metric still passes.
+
+Every judgement runs the candidate graph on ONNX Runtime CPU over the validation feeds and
+compares it with the pass's input graph (the reference) the way the accuracy check does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from pydantic import Field, model_validator
+
+from .base import PassOptions
+
+log = logging.getLogger("trtopt.passes")
+
+Feed = dict[str, np.ndarray]
+Metric = Literal["cosine", "max_abs", "mean_abs", "max_rel", "top1"]
+HIGHER_IS_BETTER = {
+    "cosine": True,
+    "top1": True,
+    "max_abs": False,
+    "mean_abs": False,
+    "max_rel": False,
+}
+MAX_REFINEMENTS = 64
+"""At most this many kept layers are retried (step 4); the rest stay kept."""
+
+
+class AutoOptions(PassOptions):
+    """Search for the fewest layers to keep in higher precision so that a metric passes."""
+
+    metric: Metric = "cosine"
+    """Any check metric: cosine, top1 (higher is better), max_abs, mean_abs, max_rel."""
+    min: float | None = None
+    """The lowest acceptable value (cosine, top1)."""
+    max: Annotated[float, Field(ge=0)] | None = None
+    """The highest acceptable value (max_abs, mean_abs, max_rel)."""
+    samples: Annotated[int, Field(ge=1)] = 8
+    """Validation feeds each judgement runs (the first ones of data.validation or check)."""
+    outputs: list[str] | None = None
+    """Outputs judged (default: all); for top1, the outputs that hold class scores."""
+
+    @model_validator(mode="after")
+    def _limit(self) -> AutoOptions:
+        if HIGHER_IS_BETTER[self.metric]:
+            if self.min is None or self.max is not None:
+                raise ValueError(f"metric {self.metric} takes a `min`")
+        elif self.max is None or self.min is not None:
+            raise ValueError(f"metric {self.metric} takes a `max`")
+        return self
+
+    @property
+    def limit(self) -> float:
+        return float(self.min if self.min is not None else self.max)  # type: ignore[arg-type]
+
+    def passes(self, value: float) -> bool:
+        if np.isnan(value):
+            return False
+        return value >= self.limit if HIGHER_IS_BETTER[self.metric] else value <= self.limit
+
+    def effect(self, value: float) -> float:
+        """Distance from perfect (0 is harmless), whichever way the metric points."""
+        if np.isnan(value):
+            return float("inf")
+        return 1.0 - value if HIGHER_IS_BETTER[self.metric] else value
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def run(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
+
+
+def metric_value(
+    metric: str,
+    reference: Sequence[dict[str, np.ndarray]],
+    candidate: Sequence[dict[str, np.ndarray]],
+    outputs: Sequence[str] | None = None,
+) -> float:
+    """The metric over all feeds and judged outputs, defined as the accuracy check does
+    (cosine per feed of the flattened output, then the worst; top1 over rows)."""
+    names = list(outputs) if outputs else list(reference[0])
+    values = []
+    for name in names:
+        ref = [r[name].astype(np.float64) for r in reference]
+        got = [c[name].astype(np.float64) for c in candidate]
+        if metric == "cosine":
+            values.append(min(_cosine(a, b) for a, b in zip(ref, got)))
+        elif metric == "top1":
+            agree = sum(int(np.sum(a.argmax(-1) == b.argmax(-1))) for a, b in zip(ref, got))
+            values.append(agree / max(1, sum(a.argmax(-1).size for a in ref)))
+        elif metric == "max_abs":
+            values.append(max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got)))
+        elif metric == "mean_abs":
+            values.append(float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(ref, got)])))
+        else:
+            values.append(
+                max(float(np.max(np.abs(a - b) / (np.abs(a) + 1e-12))) for a, b in zip(ref, got))
+            )
+    if not values:
+        return float("nan")
+    return min(values) if HIGHER_IS_BETTER[metric] else max(values)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel(), b.ravel()
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0.0:
+        return 1.0 if np.array_equal(a, b) else 0.0
+    return float(np.dot(a, b) / norm)
+
+
+@dataclass
+class Judge:
+    """Judges candidate models against the reference outputs on fixed feeds."""
+
+    reference_model: onnx.ModelProto
+    feeds: Sequence[Feed]
+    options: AutoOptions
+    evaluations: int = 0
+    reference: list[dict[str, np.ndarray]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reference = run(self.reference_model, self.feeds)
+        unknown = [o for o in self.options.outputs or [] if o not in self.reference[0]]
+        if unknown:
+            raise ValueError(f"auto.outputs names unknown outputs {unknown}")
+
+    def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
+        """(metric value, cosine) of ``model``; cosine breaks ties between layers."""
+        self.evaluations += 1
+        outputs = run(model, self.feeds)
+        value = metric_value(self.options.metric, self.reference, outputs, self.options.outputs)
+        cosine = metric_value("cosine", self.reference, outputs, self.options.outputs)
+        return value, cosine
+
+
+@dataclass
+class SearchResult:
+    kept: list[dict]
+    """Each kept layer: {node, effect, metric value when only it is lowered}."""
+    reached: bool
+    value: float
+    """The metric of the final graph."""
+    all_lowered_value: float
+    evaluations: int
+
+    def to_json(self, metric: str, limit: float) -> dict:
+        return {
+            "metric": metric,
+            "limit": limit,
+            "reached": self.reached,
+            "value": self.value,
+            "value_all_lowered": self.all_lowered_value,
+            "evaluations": self.evaluations,
+            "kept": self.kept,
+        }
+
+
+def search(
+    candidates: Sequence[str],
+    build: Callable[[set[str]], onnx.ModelProto],
+    judge: Judge,
+) -> SearchResult:
+    """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes."""
+    options = judge.options
+    everything, _ = judge(build(set()))
+    log.info("auto: %s = %.6g with every layer lowered", options.metric, everything)
+    if options.passes(everything) or not candidates:
+        return SearchResult(
+            [], options.passes(everything), everything, everything, judge.evaluations
+        )
+    effects: dict[str, tuple[float, float, float]] = {}
+    all_names = set(candidates)
+    for name in candidates:
+        value, cosine = judge(build(all_names - {name}))
+        effects[name] = (options.effect(value), 1.0 - cosine, value)
+    order = sorted(candidates, key=lambda n: (-effects[n][0], -effects[n][1], n))
+
+    def passes(kept: set[str]) -> tuple[bool, float]:
+        value, _ = judge(build(kept))
+        return options.passes(value), value
+
+    low, high = 1, len(order)
+    ok_high, value_high = passes(set(order))
+    if not ok_high:
+        kept = set(order)
+        reached, final = False, value_high
+    else:
+        best_value = value_high
+        while low < high:
+            middle = (low + high) // 2
+            ok, value = passes(set(order[:middle]))
+            if ok:
+                high, best_value = middle, value
+            else:
+                low = middle + 1
+        kept, reached, final = set(order[:high]), True, best_value
+        for name in sorted(kept, key=lambda n: (effects[n][0], effects[n][1]))[:MAX_REFINEMENTS]:
+            if len(kept) == 1:
+                break
+            ok, value = passes(kept - {name})
+            if ok:
+                kept.discard(name)
+                final = value
+    listed = [
+        {"node": name, "effect": effects[name][0], "value_alone": effects[name][2]}
+        for name in order
+        if name in kept
+    ]
+    return SearchResult(listed, reached, final, everything, judge.evaluations)
