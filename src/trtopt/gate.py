@@ -1,0 +1,383 @@
+"""`trtopt check`: run an artifact on a golden file's inputs and gate it on the thresholds.
+
+The thresholds, output kinds (class scores, top-k) and error quantile come from the recipe, or,
+without one, from what the golden file recorded when it was written. A ``max_degradation``
+threshold compares with a baseline report (a compile's report.json or a check's ``--json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+
+from . import accuracy, feeds
+from .backends.onnxruntime import session_loader
+from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
+from .golden import Golden, GoldenError, load_golden
+from .model import model_sha256
+from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds
+
+CHECK_SCHEMA_VERSION = 1
+ONNX_ARTIFACT = "model.onnx"
+
+
+@dataclass
+class GateSettings:
+    """How outputs are judged: thresholds per output, class-score outputs, k, quantile."""
+
+    thresholds_for: Callable[[str], Thresholds]
+    class_scores: set[str] = field(default_factory=set)
+    top_k: dict[str, int] = field(default_factory=dict)
+    quantile: float = accuracy.DEFAULT_QUANTILE
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe) -> GateSettings:
+        check = recipe.check
+        scores = {n for n, s in check.outputs.items() if s.class_scores}
+        return cls(
+            check.thresholds_for,
+            scores,
+            {n: s.top_k for n, s in check.outputs.items()},
+            check.error_quantile,
+        )
+
+    @classmethod
+    def from_golden(cls, golden: Golden) -> GateSettings:
+        """What the recipe that wrote the golden file gated on."""
+        meta = golden.meta
+        recorded = {
+            name: Thresholds.model_validate(values)
+            for name, values in (meta.get("thresholds") or {}).items()
+        }
+        return cls(
+            lambda name: recorded.get(name, DEFAULT_THRESHOLDS),
+            set(meta.get("class_scores") or []),
+            dict(meta.get("top_k") or {}),
+            float(meta.get("error_quantile") or accuracy.DEFAULT_QUANTILE),
+        )
+
+
+@dataclass
+class CheckResult:
+    """The verdict of a check, what it ran, and the outputs it compared (for plots)."""
+
+    accuracy: accuracy.AccuracyResult
+    golden: Path
+    artifact: Path
+    checked: str
+    recipe: str | None = None
+    baseline: Path | None = None
+    reference_outputs: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+    candidate_outputs: list[dict[str, np.ndarray]] = field(default_factory=list, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy.passed
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if self.passed else EXIT_ACCURACY
+
+    def failures(self) -> list[str]:
+        return self.accuracy.failures()
+
+    def to_json(self) -> dict[str, Any]:
+        from .report import versions
+
+        return {
+            "schema_version": CHECK_SCHEMA_VERSION,
+            "kind": "check",
+            "verdict": "pass" if self.passed else "fail",
+            "exit_code": self.exit_code,
+            "recipe": self.recipe,
+            "golden": str(self.golden),
+            "artifact": str(self.artifact),
+            "checked": self.checked,
+            "baseline": str(self.baseline) if self.baseline else None,
+            "accuracy": {
+                **self.accuracy.to_json(),
+                "data": f"golden: {self.golden}",
+                "failures": self.failures(),
+            },
+            "versions": versions(),
+        }
+
+
+def verify_golden(
+    golden: Golden,
+    model: onnx.ModelProto,
+    what: str,
+    model_sha: str | None = None,
+    check_outputs: bool = True,
+) -> None:
+    """Refuse a golden file that does not fit ``model`` (``what`` names it in messages): another
+    source model (``model_sha``), other input names/dtypes/shapes, or other outputs."""
+    recorded = (golden.meta.get("model") or {}).get("sha256")
+    recipe = golden.meta.get("recipe") or "RECIPE"
+    update = f"if the change is intended, run `trtopt golden update {recipe}.yaml`"
+    if model_sha is not None and recorded != model_sha:
+        raise GoldenError(
+            f"made from another model: its sha256 is {str(recorded)[:12]}..., {what} has "
+            f"{model_sha[:12]}...; {update}",
+            str(golden.path),
+        )
+    try:
+        feeds.validate_feeds(golden.inputs, feeds.model_inputs(model), "golden inputs")
+    except DataError as error:
+        raise GoldenError(f"does not fit {what}: {error}", str(golden.path)) from None
+    if check_outputs:
+        names = [o.name for o in model.graph.output]
+        if sorted(names) != sorted(golden.output_names):
+            raise GoldenError(
+                f"its outputs {golden.output_names} are not the outputs {names} of {what}",
+                str(golden.path),
+            )
+
+
+def baseline_metrics(path: str | Path, golden: bool = True) -> dict[str, dict[str, Any]]:
+    """Metrics per output of a baseline: a check's JSON, or a compile's report.json (its golden
+    check when ``golden`` and it has one, else its own check)."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+        if report.get("kind") != "check" and golden and report.get("golden"):
+            report = report["golden"]
+        outputs = report["accuracy"]["outputs"]
+        return {name: dict(output.get("metrics") or {}) for name, output in outputs.items()}
+    except FileNotFoundError:
+        raise UserError("baseline report not found", str(path)) from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"not a trtopt report or check result: {error}", str(path)) from None
+
+
+def run_golden(
+    golden: Golden,
+    runner: BaseRunner,
+    settings: GateSettings,
+    baseline: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[accuracy.AccuracyResult, list[dict[str, np.ndarray]]]:
+    """Run ``runner`` on the golden inputs and compare with the golden outputs."""
+    candidate = accuracy.run(runner, golden.inputs)
+    result = accuracy.compare(
+        list(golden.outputs),
+        candidate,
+        settings.thresholds_for,
+        settings.class_scores,
+        quantile=settings.quantile,
+        top_k=settings.top_k,
+        baseline=baseline,
+    )
+    return result, [{n: np.asarray(a) for n, a in c.items()} for c in candidate]
+
+
+def _artifact_file(recipe: Recipe | None, artifact: str | Path | None) -> Path:
+    """The artifact file: ``artifact`` (a file, or an output folder), else the recipe's output."""
+    assert artifact is not None or recipe is not None
+    path = Path(artifact) if artifact is not None else recipe.output_dir()  # type: ignore[union-attr]
+    if path.is_dir():
+        name = ONNX_ARTIFACT
+        report = path / "report.json"
+        if report.is_file():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                name = json.loads(report.read_text())["build"]["artifact"]
+        path = path / name
+    if not path.is_file():
+        hint = "; compile the recipe first (`trtopt compile RECIPE`)" if recipe else ""
+        raise UserError(f"artifact not found{hint}", str(path))
+    return path
+
+
+def _runner(path: Path, recipe: Recipe | None) -> tuple[BaseRunner, Path, str]:
+    """A runner for the artifact, the ONNX graph it was built from, and what is checked."""
+    if path.suffix == ".onnx":
+        options = recipe.build.options() if recipe and recipe.build.backend == "onnxruntime" else {}
+        return OnnxrtRunner(session_loader(path, **options), name="artifact"), path, "artifact"
+    onnx_path = path.with_name(ONNX_ARTIFACT)
+    if not onnx_path.is_file():
+        raise UserError(f"the ONNX graph the engine was built from is missing: {onnx_path}")
+    from .backends import BuildResult, get_backend
+
+    name, options = _engine_backend(path, recipe)
+    backend = get_backend(name, options)
+    build = BuildResult(name, path, 0.0, details={"tensorrt": {}})
+    reason = backend.unavailable() or backend.cannot_run(build)
+    if reason is None:
+        return backend.runner(build), onnx_path, "artifact"
+    runner = OnnxrtRunner(session_loader(onnx_path), name="artifact")
+    return runner, onnx_path, f"final ONNX graph on ONNX Runtime (the engine cannot run: {reason})"
+
+
+def _engine_backend(path: Path, recipe: Recipe | None) -> tuple[str, dict[str, Any]]:
+    if recipe is not None and recipe.build.backend != "onnxruntime":
+        return recipe.build.backend, recipe.build.options()
+    report = path.with_name("report.json")
+    try:
+        built = json.loads(report.read_text())
+        build = built["recipe"]["build"]
+        return build["backend"], build[build["backend"].replace("-", "_")]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            "cannot tell which TensorRT built this engine: give its recipe, or keep its "
+            "report.json beside it",
+            str(path),
+        ) from None
+
+
+def check(
+    recipe: str | Path | Recipe | None = None,
+    *,
+    artifact: str | Path | None = None,
+    golden: str | Path | None = None,
+    baseline: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> CheckResult:
+    """Run an artifact on a golden file's inputs and apply the thresholds.
+
+    ``recipe`` supplies the defaults: the artifact (its output folder), the golden file
+    (``check.golden``), the thresholds and the baseline (``check.baseline``). Without a recipe,
+    ``artifact`` and ``golden`` are required and the thresholds are the ones the golden file
+    recorded. Raises GoldenError/UserError (exit 2) when a file is missing or does not fit; a
+    failed threshold is a result (``exit_code`` 1).
+    """
+    from .pipeline import _quiet_polygraphy
+    from .recipe import load_recipe
+
+    if recipe is None and artifact is None:
+        raise UserError("say what to check: a recipe, or --artifact PATH with --golden FILE")
+    if recipe is not None and not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    golden_path = golden or (recipe.check.golden if recipe else None)
+    if golden_path is None:
+        where = recipe.place("check") if recipe else None
+        raise UserError(
+            "no golden file: set `check.golden` in the recipe or pass --golden FILE "
+            "(`trtopt golden update RECIPE` writes one)",
+            where,
+        )
+    loaded = load_golden(golden_path)
+    path = _artifact_file(recipe, artifact)
+    runner, onnx_path, checked = _runner(path, recipe)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    model_sha = model_sha256(Path(recipe.model)) if recipe else None
+    what = f"the recipe's model {recipe.model}" if recipe else "the artifact"
+    if recipe is not None:  # the reference itself: sha256 and inputs
+        source = onnx.load(recipe.model, load_external_data=False)
+        verify_golden(loaded, source, what, model_sha, check_outputs=False)
+    verify_golden(loaded, model, f"the artifact {onnx_path}")
+    settings = GateSettings.from_recipe(recipe) if recipe else GateSettings.from_golden(loaded)
+    baseline_path = baseline or (recipe.check.baseline if recipe else None)
+    base = baseline_metrics(baseline_path) if baseline_path else None
+    with _quiet_polygraphy():
+        result, candidate = run_golden(loaded, runner, settings, base)
+    return CheckResult(
+        result,
+        Path(os.path.normpath(golden_path)),
+        path,
+        checked,
+        recipe.name if recipe else loaded.meta.get("recipe"),
+        Path(baseline_path) if baseline_path else None,
+        [dict(o) for o in loaded.outputs],
+        candidate,
+    )
+
+
+def format_check(result: CheckResult | Mapping[str, Any]) -> str:
+    """A table people can read: every metric of every output, its limit and verdict."""
+    data = result.to_json() if isinstance(result, CheckResult) else result
+    acc = data["accuracy"]
+    lines = [
+        f"{data.get('recipe') or 'check'}: {data['verdict'].upper()} "
+        f"({acc['samples']} golden samples from {data['golden']})",
+        f"  checked  {data['artifact']}"
+        + ("" if data["checked"] == "artifact" else f": {data['checked']}"),
+    ]
+    rows = [("output", "metric", "value", "limit", "verdict")]
+    for name, output in acc["outputs"].items():
+        if output.get("error"):
+            rows.append((name, "-", "-", "-", f"FAIL: {output['error']}"))
+            continue
+        gated = {c["metric"]: c for c in output["checks"]}
+        for metric, value in output["metrics"].items():
+            if value is None:
+                continue
+            check_ = gated.pop(metric, None)
+            rows.append((name, metric, *_cells(value, check_)))
+        for metric, check_ in gated.items():  # degradation checks
+            rows.append((name, metric, *_cells(check_["value"], check_)))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    lines += [f"  FAIL {line}" for line in acc["failures"]]
+    return "\n".join(lines)
+
+
+def _cells(value: Any, check_: Mapping[str, Any] | None) -> tuple[str, str, str]:
+    if check_ is None:
+        return _num(value), "-", "not gated"
+    limit = _num(check_["limit"])
+    if check_.get("baseline") is not None:
+        limit += f" (baseline {_num(check_['baseline'])})"
+    return _num(value), limit, "pass" if check_["passed"] else "FAIL"
+
+
+def _num(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+__all__: Sequence[str] = [
+    "CheckResult",
+    "GateSettings",
+    "baseline_metrics",
+    "check",
+    "check_compiled",
+    "format_check",
+    "golden_for_recipe",
+    "run_golden",
+    "verify_golden",
+]
+
+
+def golden_for_recipe(recipe: Recipe, source: onnx.ModelProto) -> Golden | None:
+    """The recipe's golden file (``check.golden``), verified against its model before any
+    work is done; None when the recipe names none."""
+    if not recipe.check.golden:
+        return None
+    golden = load_golden(recipe.check.golden)
+    what = f"the recipe's model {recipe.model}"
+    verify_golden(golden, source, what, model_sha256(Path(recipe.model)), check_outputs=False)
+    return golden
+
+
+def check_compiled(
+    golden: Golden,
+    recipe: Recipe,
+    final: onnx.ModelProto,
+    runner: BaseRunner,
+    artifact: Path,
+    checked: str,
+) -> CheckResult:
+    """The check a compile runs on its artifact when its recipe names a golden file."""
+    verify_golden(golden, final, "the optimized model")
+    baseline = recipe.check.baseline
+    base = baseline_metrics(baseline) if baseline else None
+    result, candidate = run_golden(golden, runner, GateSettings.from_recipe(recipe), base)
+    return CheckResult(
+        result,
+        Path(os.path.normpath(golden.path)),
+        artifact,
+        checked,
+        recipe.name,
+        Path(baseline) if baseline else None,
+        [dict(o) for o in golden.outputs],
+        candidate,
+    )

@@ -1,0 +1,258 @@
+"""Golden files: inputs and reference outputs that gate an artifact, small enough to commit.
+
+A golden file is a pair beside each other:
+
+- ``<name>.npz``: for every sample i, ``inputs/<i>/<input name>`` and ``outputs/<i>/<output
+  name>`` (sample numbers zero-padded to four digits), readable with ``numpy.load``;
+- ``<name>.json``: what made it (the model's sha256, the data's provenance and fingerprint,
+  package versions), the thresholds and output kinds of the recipe that wrote it (so a check
+  without a recipe gates the same way), and the npz's own sha256.
+
+The reference is the original model on ONNX Runtime CPU, exactly as ``trtopt compile`` runs it.
+The bytes are deterministic: the npz is written member by member with fixed zip timestamps and
+permissions (``numpy.savez`` stamps the current time), the JSON with sorted keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+GOLDEN_FORMAT = "trtopt-golden"
+GOLDEN_VERSION = 1
+GOLDEN_SIZE_BUDGET = 256 << 10
+"""Most bytes a golden .npz should take (256 KiB): it is committed and cloned everywhere.
+`trtopt golden update` warns above it; the shipped ones are tested against it. Reduce
+``check.golden_samples`` (or the check's dims) to fit."""
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can hold: no build date
+_ZIP_LEVEL = 9
+
+Feed = dict[str, np.ndarray]
+
+
+class GoldenError(UserError):
+    """A golden file is missing, unreadable, stale or does not fit the model: exit code 2."""
+
+
+@dataclass
+class Golden:
+    """A loaded golden file: feeds, the reference's outputs on them, and its metadata."""
+
+    path: Path
+    inputs: list[Feed]
+    outputs: list[Feed]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs[0]) if self.outputs else []
+
+
+def metadata_path(path: str | Path) -> Path:
+    """The JSON that describes the golden ``.npz`` at ``path``."""
+    return Path(path).with_suffix(".json")
+
+
+def _member(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, buffer.getvalue(), zipfile.ZIP_DEFLATED, _ZIP_LEVEL)
+
+
+def golden_bytes(inputs: Sequence[Feed], outputs: Sequence[Feed]) -> bytes:
+    """The npz bytes of a golden file: the same arrays always give the same bytes."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for kind, feeds in (("inputs", inputs), ("outputs", outputs)):
+            for index, feed in enumerate(feeds):
+                for name, array in feed.items():  # model order, not sorted
+                    _member(zf, f"{kind}/{index:04d}/{name}", np.asarray(array))
+    return buffer.getvalue()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def write_golden(
+    path: str | Path, inputs: Sequence[Feed], outputs: Sequence[Feed], meta: dict[str, Any]
+) -> Path:
+    """Write ``path`` (.npz) and its JSON; ``meta`` gains the npz's size and sha256."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise GoldenError("a golden file name must end in .npz", str(path))
+    data = golden_bytes(inputs, outputs)
+    meta = {
+        "format": GOLDEN_FORMAT,
+        "version": GOLDEN_VERSION,
+        **meta,
+        "npz": {"file": path.name, "bytes": len(data), "sha256": _sha256(data)},
+    }
+    _write_atomic(path, data)
+    text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _write_atomic(metadata_path(path), text.encode())
+    return path
+
+
+def _regenerate(meta: dict[str, Any] | None = None) -> str:
+    recipe = (meta or {}).get("recipe")
+    return f"`trtopt golden update {recipe + '.yaml' if recipe else 'RECIPE'}`"
+
+
+def load_golden(path: str | Path) -> Golden:
+    """Read a golden file and its JSON, refusing a missing, corrupt or inconsistent pair."""
+    path = Path(path)
+    if not path.is_file():
+        raise GoldenError(f"golden file not found; write it with {_regenerate()}", str(path))
+    json_path = metadata_path(path)
+    if not json_path.is_file():
+        raise GoldenError(
+            f"the golden file's metadata {json_path.name} is missing beside it; "
+            f"rewrite both with {_regenerate()}",
+            str(path),
+        )
+    try:
+        meta = json.loads(json_path.read_text())
+    except (OSError, ValueError) as error:
+        raise GoldenError(f"not a readable golden metadata file: {error}", str(json_path)) from None
+    if not isinstance(meta, dict) or meta.get("format") != GOLDEN_FORMAT:
+        raise GoldenError(f"not a {GOLDEN_FORMAT} metadata file", str(json_path))
+    if meta.get("version") != GOLDEN_VERSION:
+        raise GoldenError(
+            f"golden format version {meta.get('version')} is not {GOLDEN_VERSION}, which this "
+            f"trtopt reads; rewrite it with {_regenerate(meta)}",
+            str(json_path),
+        )
+    data = path.read_bytes()
+    recorded = (meta.get("npz") or {}).get("sha256")
+    if recorded != _sha256(data):
+        raise GoldenError(
+            f"the file's sha256 {_sha256(data)[:12]}... is not the {str(recorded)[:12]}... that "
+            f"{json_path.name} records (edited or from another update); rewrite both with "
+            f"{_regenerate(meta)}",
+            str(path),
+        )
+    inputs: dict[int, Feed] = {}
+    outputs: dict[int, Feed] = {}
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            for key in archive.files:
+                kind, index, name = key.split("/", 2)
+                target = {"inputs": inputs, "outputs": outputs}[kind]
+                target.setdefault(int(index), {})[name] = archive[key]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as error:
+        raise GoldenError(f"not a readable golden .npz file: {error}", str(path)) from None
+    samples = list(range(len(inputs)))
+    if not inputs or sorted(inputs) != samples or sorted(outputs) != samples:
+        raise GoldenError("the golden file holds no complete samples", str(path))
+    return Golden(path, [inputs[i] for i in samples], [outputs[i] for i in samples], meta)
+
+
+def update_golden(
+    recipe: Any,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    samples: int | None = None,
+) -> Golden:
+    """Run the reference (the recipe's original model on ONNX Runtime CPU) on the recipe's check
+    data and write the golden file: to ``path``, else the recipe's ``check.golden``, else
+    ``golden/<name>.npz`` under the current folder.
+
+    ``samples`` (default ``check.golden_samples``, else ``check.samples``) feeds are stored:
+    the recipe's ``data.validation`` when it declares one, else its check data.
+    """
+    # Imported here: the pipeline imports this module to gate compiles.
+    from . import feeds as feeds_mod
+    from . import report
+    from .calibration import DataSet
+    from .model import load_model, model_sha256
+    from .pipeline import _apply_input_overrides, _check_feeds, _quiet_polygraphy, _Reference
+    from .recipe import Recipe, load_recipe
+
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    check = recipe.check
+    count = samples or check.golden_samples or check.samples
+    model_path = Path(recipe.model)
+    source = load_model(model_path)
+    _apply_input_overrides(source, recipe)
+    infos = feeds_mod.model_inputs(source)
+    with _quiet_polygraphy():
+        if recipe.data.validation is not None:
+            ranges = {n: s.range for n, s in recipe.inputs.items() if s.range}
+            data_set = DataSet(recipe.data.validation, infos, check.dims, ranges)
+            data, provenance = data_set.take(count), f"data.validation: {data_set.describe()}"
+        else:
+            resized = check.model_copy(update={"samples": count})
+            data, described = _check_feeds(recipe.model_copy(update={"check": resized}), source)
+            provenance = f"check.data: {described}"
+        reference = _Reference(model_path, data)
+    outputs = [{name: np.asarray(array) for name, array in r.items()} for r in reference.outputs]
+
+    out = Path(os.path.normpath(path or check.golden or Path("golden") / f"{recipe.name}.npz"))
+    inputs_digest = hashlib.sha256(golden_bytes(data, [])).hexdigest()
+
+    def tensors(feed: Feed) -> list[dict[str, Any]]:
+        return [{"name": n, "dtype": str(a.dtype), "shape": list(a.shape)} for n, a in feed.items()]
+
+    names = list(outputs[0])
+    meta = {
+        "recipe": recipe.name,
+        "model": {
+            "file": os.path.relpath(model_path.resolve(), out.resolve().parent).replace(
+                os.sep, "/"
+            ),
+            "sha256": model_sha256(model_path),
+        },
+        "reference": "original model on ONNX Runtime CPU",
+        "data": {
+            "source": provenance,
+            "samples": len(data),
+            "seed": check.seed,
+            "dims": dict(sorted(check.dims.items())),
+            "inputs_sha256": inputs_digest,
+        },
+        "inputs": tensors(data[0]),
+        "outputs": tensors(outputs[0]),
+        "thresholds": {
+            name: check.thresholds_for(name).model_dump(exclude_none=True) for name in names
+        },
+        "class_scores": sorted(n for n, s in check.outputs.items() if s.class_scores),
+        "top_k": {n: s.top_k for n, s in sorted(check.outputs.items()) if s.class_scores},
+        "error_quantile": check.error_quantile,
+        "versions": report.versions(),
+    }
+    write_golden(out, data, outputs, meta)
+    return load_golden(out)
+
+
+def over_budget(path: str | Path) -> str | None:
+    """A warning when a golden file is larger than GOLDEN_SIZE_BUDGET, else None."""
+    size = Path(path).stat().st_size
+    if size <= GOLDEN_SIZE_BUDGET:
+        return None
+    return (
+        f"{path}: {size / 1024:.0f} KiB is over the {GOLDEN_SIZE_BUDGET >> 10} KiB golden-file "
+        "budget; lower check.golden_samples or the check's dims"
+    )
