@@ -1,0 +1,559 @@
+"""The stage cache: content-addressed pass outputs and compile results, safe to share.
+
+A key is a sha256 over everything that decides a result: the input graph (the source
+model's content, then the chain of keys before it), the pass's name and canonical options,
+the content of the data it read (only where it read any), trtopt's own source code and the
+versions of the libraries that compute (onnx, onnxruntime, polygraphy, ...). A whole compile
+is keyed by its final pass key plus the build and check settings and the check data, so an
+unchanged recipe recompiles by copying its artifacts.
+
+An entry is a folder written under ``tmp/``, every file fsynced, its manifest (file sizes and
+sha256) written last, then renamed into ``entries/`` in one step: a reader sees a complete
+entry or none, and a writer killed at any moment leaves only a ``tmp/`` leftover that
+``prune`` removes. Two compiles writing the same key race harmlessly (the second rename
+fails and its copy is dropped, the content being the same). Readers verify every file's size
+and hash, so a damaged entry is a miss, never a wrong result. Pruning renames an entry out of
+``entries/`` before deleting it, so no lock is needed: a reader that loses the race misses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .passes.base import PassContext
+
+log = logging.getLogger("trtopt.cache")
+
+CACHE_ENV = "TRTOPT_CACHE_DIR"
+"""Environment variable naming the cache root (shared with the calibration range cache)."""
+LAYOUT = "stages-v1"
+"""Folder under the cache root holding this layout's entries; a new layout gets a new name."""
+MANIFEST = "manifest.json"
+LEFTOVER_AGE_S = 24 * 3600
+"""A ``tmp/`` leftover from another host is removed by prune only when older than this."""
+_CHUNK = 1 << 20
+_COMPUTING_PACKAGES = ("onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy", "numpy")
+
+
+class CacheError(UserError):
+    """The cache folder cannot be used (e.g. it is a file, or not writable)."""
+
+
+def default_cache_dir() -> Path:
+    """``$TRTOPT_CACHE_DIR``, else the platform's user cache folder (what platformdirs gives:
+    XDG on Linux, ~/Library/Caches on macOS, %LOCALAPPDATA% on Windows), written out here
+    because six lines do not justify a dependency."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if sys.platform == "win32":
+        base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "trtopt" / "Cache"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "trtopt"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trtopt"
+
+
+def resolve_cache_dir(cli_dir: str | Path | None = None, recipe_dir: str | None = None) -> Path:
+    """The cache root by precedence: ``--cache-dir``, then ``$TRTOPT_CACHE_DIR``, then the
+    recipe's ``cache.dir``, then the platform default."""
+    if cli_dir is not None:
+        return Path(cli_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    if recipe_dir is not None:
+        return Path(recipe_dir)
+    return default_cache_dir()
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+
+def digest(*parts: Any) -> str:
+    """sha256 of JSON-canonical parts (sorted keys, no whitespace variance)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+@cache
+def _package_sources() -> str:
+    """Hash of trtopt's own source files: a code change invalidates every entry even when the
+    version number stays the same (a development install)."""
+    root = Path(__file__).resolve().parent
+    hasher = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        hasher.update(str(path.relative_to(root)).encode())
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()
+
+
+@cache
+def environment() -> dict[str, str | None]:
+    """What besides the inputs decides a result: trtopt's code, the computing libraries'
+    versions, Python and the machine architecture."""
+    import importlib.metadata
+
+    found: dict[str, str | None] = {
+        "trtopt-sources": _package_sources(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+    for package in ("trtopt", *_COMPUTING_PACKAGES):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def code_digest(cls: type) -> str:
+    """Hash of the file defining a pass when it lives outside trtopt (a plugin); built-in
+    passes are covered by :func:`environment`."""
+    module = sys.modules.get(cls.__module__)
+    source = getattr(module, "__file__", None)
+    if source is None:
+        return f"{cls.__module__}.{cls.__qualname__}"
+    path = Path(source).resolve()
+    if path.is_relative_to(Path(__file__).resolve().parent):
+        return "builtin"
+    return _file_digest(path) if path.is_file() else str(path)
+
+
+def feeds_digest(feeds: Iterable[Mapping[str, np.ndarray]]) -> str:
+    """Hash of input feeds' names, dtypes, shapes and bytes."""
+    hasher = hashlib.sha256()
+    for feed in feeds:
+        for name in sorted(feed):
+            array = np.ascontiguousarray(feed[name])
+            hasher.update(repr((name, str(array.dtype), array.shape)).encode())
+            hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
+def source_digest(model_files: Sequence[Path], inputs: Any) -> str:
+    """Key of the graph a compile starts from: the model's files and the declared inputs."""
+    hasher = hashlib.sha256()
+    for path in model_files:
+        hasher.update(_file_digest(path).encode())
+    return digest("source", hasher.hexdigest(), inputs)
+
+
+class WatchedContext(PassContext):
+    """A PassContext that notes whether a pass read any data (calibration, validation or
+    check feeds): only then does that data's hash join the pass's key."""
+
+    _DATA_FIELDS = frozenset({"feeds", "calibration", "validation"})
+    data_read: bool = False
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in WatchedContext._DATA_FIELDS:
+            object.__setattr__(self, "data_read", True)
+        return super().__getattribute__(name)
+
+
+# -- entries -------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """A complete, verified cache entry."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.manifest["meta"]
+
+    def file(self, name: str) -> Path:
+        return self.path / "files" / name
+
+    def files(self) -> list[str]:
+        return sorted(self.manifest["files"])
+
+    def restore(self, names: Iterable[str], into: Path) -> None:
+        """Copy files out of the entry (copies, so that editing an output never edits the
+        cache)."""
+        into.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(self.file(name), into / name)
+
+
+@dataclass
+class CacheInfo:
+    root: Path
+    entries: int
+    bytes: int
+    by_kind: dict[str, int]
+    leftovers: int
+    other_bytes: int
+    """Bytes under the root that are not stage entries (e.g. calibration ranges)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "by_kind": self.by_kind,
+            "leftovers": self.leftovers,
+            "other_bytes": self.other_bytes,
+        }
+
+
+@dataclass
+class PruneResult:
+    removed: int = 0
+    freed: int = 0
+    leftovers: int = 0
+    kept: int = 0
+    kept_bytes: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":  # directories cannot be opened for fsync on Windows
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists
+        return True
+    return True
+
+
+class StageCache:
+    """A cache folder; every method is safe to call from concurrent processes."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.base = self.root / LAYOUT
+        self.entries = self.base / "entries"
+        self.tmp = self.base / "tmp"
+        self.markers = self.base / "reads-data"
+
+    def _entry_dir(self, key: str) -> Path:
+        return self.entries / key[:2] / key
+
+    def _ensure(self) -> None:
+        try:
+            for folder in (self.entries, self.tmp, self.markers):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CacheError(f"cannot use the cache folder: {error}", str(self.root)) from None
+
+    # reading
+
+    def get(self, key: str) -> Entry | None:
+        """The complete entry for ``key``, verified file by file, or None."""
+        path = self._entry_dir(key)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            if manifest.get("key") != key:
+                return None
+            for name, (size, sha) in manifest["files"].items():
+                file = path / "files" / name
+                if file.stat().st_size != size or _file_digest(file) != sha:
+                    log.warning("cache entry %s is damaged (%s); ignoring it", key[:16], name)
+                    return None
+            os.utime(path / MANIFEST)  # recency, for prune --max-size
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return Entry(path, manifest)
+
+    def reads_data(self, key: str) -> bool:
+        return (self.markers / key).exists()
+
+    def mark_reads_data(self, key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._ensure()
+            (self.markers / key).touch()
+
+    # writing
+
+    @contextlib.contextmanager
+    def writer(self, key: str, kind: str) -> Iterator[_Writer]:
+        """Write an entry: put files into ``writer.folder``, set ``writer.meta``; it becomes
+        visible atomically when the block ends without an error. Failing to write a cache
+        entry never fails the compile: it is logged and dropped."""
+        name, publish = f"{socket.gethostname()}-{os.getpid()}-", True
+        try:
+            self._ensure()
+            folder = Path(tempfile.mkdtemp(prefix=name, dir=self.tmp))
+        except (OSError, CacheError) as error:
+            log.warning("cache %s is not writable (%s); not caching", self.root, error)
+            folder, publish = Path(tempfile.mkdtemp(prefix="trtopt-uncached-")), False
+        writer = _Writer(folder / "files", kind)
+        writer.folder.mkdir()
+        try:
+            yield writer
+            if publish:
+                self._publish(key, folder, writer)
+        except OSError as error:
+            log.warning("could not write cache entry %s: %s", key[:16], error)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def _publish(self, key: str, folder: Path, writer: _Writer) -> None:
+        try:
+            files = {}
+            for file in sorted(writer.folder.iterdir()):
+                with open(file, "rb+") as handle:
+                    os.fsync(handle.fileno())
+                files[file.name] = (file.stat().st_size, _file_digest(file))
+            manifest = {
+                "key": key,
+                "kind": writer.kind,
+                "created": time.time(),
+                "environment": environment(),
+                "files": files,
+                "meta": writer.meta,
+            }
+            with open(folder / MANIFEST, "w") as handle:
+                json.dump(manifest, handle, indent=1, default=str)
+                handle.flush()
+                os.fsync(handle.fileno())
+            _fsync_dir(writer.folder)
+            _fsync_dir(folder)
+            target = self._entry_dir(key)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(folder, target)
+            except OSError:
+                if not target.exists():
+                    raise
+                return  # another compile published the same key first
+            _fsync_dir(target.parent)
+        except OSError as error:
+            log.warning("could not write cache entry %s: %s", key[:16], error)
+
+    # maintenance
+
+    def _iter_entries(self) -> Iterator[Path]:
+        if not self.entries.is_dir():
+            return
+        for shard in sorted(self.entries.iterdir()):
+            if shard.is_dir():
+                yield from sorted(p for p in shard.iterdir() if p.is_dir())
+
+    def info(self) -> CacheInfo:
+        entries, total, by_kind = 0, 0, {}
+        for path in self._iter_entries():
+            size = _dir_bytes(path)
+            try:
+                kind = json.loads((path / MANIFEST).read_text()).get("kind", "?")
+            except (OSError, ValueError):
+                kind = "incomplete"
+            entries += 1
+            total += size
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+        leftovers = len(list(self.tmp.iterdir())) if self.tmp.is_dir() else 0
+        everything = _dir_bytes(self.root) if self.root.is_dir() else 0
+        return CacheInfo(
+            self.root, entries, total, dict(sorted(by_kind.items())), leftovers, everything - total
+        )
+
+    def prune(self, max_size: int | None = None) -> PruneResult:
+        """Remove leftovers of interrupted writes, entries that can never hit again (another
+        trtopt code or library version, damaged), then, with ``max_size``, the least recently
+        used entries until the rest fits."""
+        result = PruneResult()
+        if not self.base.is_dir():
+            return result
+        self._ensure()
+        result.leftovers = self._remove_leftovers()
+        current = environment()
+        alive: list[tuple[float, int, Path]] = []
+        for path in self._iter_entries():
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+                stale = manifest.get("environment") != current
+                used = (path / MANIFEST).stat().st_mtime
+            except (OSError, ValueError):
+                stale, used = True, 0.0
+            size = _dir_bytes(path)
+            if stale:
+                self._remove(path, size, result, "other version or incomplete")
+            else:
+                alive.append((used, size, path))
+        total = sum(size for _, size, _ in alive)
+        for _, size, path in sorted(alive, key=lambda item: item[0]):
+            if max_size is None or total <= max_size:
+                result.kept += 1
+                result.kept_bytes += size
+                continue
+            self._remove(path, size, result, "least recently used")
+            total -= size
+        return result
+
+    def _remove(self, path: Path, size: int, result: PruneResult, reason: str) -> None:
+        # Out of entries/ in one rename first: no reader ever sees a half-deleted entry.
+        trash = Path(tempfile.mkdtemp(prefix="trash-", dir=self.tmp))
+        try:
+            os.rename(path, trash / path.name)
+        except OSError:  # another prune took it
+            shutil.rmtree(trash, ignore_errors=True)
+            return
+        shutil.rmtree(trash, ignore_errors=True)
+        result.removed += 1
+        result.freed += size
+        result.reasons[reason] = result.reasons.get(reason, 0) + 1
+
+    def _remove_leftovers(self) -> int:
+        removed, host, now = 0, socket.gethostname(), time.time()
+        for path in self.tmp.iterdir():
+            owner_host, _, rest = path.name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else None
+            try:
+                old = now - path.stat().st_mtime > LEFTOVER_AGE_S
+            except OSError:
+                continue
+            dead = owner_host == host and pid is not None and not _pid_alive(pid)
+            if path.name.startswith("trash-") or dead or old:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+@dataclass
+class _Writer:
+    folder: Path
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# -- what the pipeline uses ----------------------------------------------------------------
+
+
+class Plan:
+    """The keys of one compile: a chain of pass keys, then the compile key.
+
+    ``data_digest`` is called at most once, and only when a pass is known to read data.
+    """
+
+    def __init__(self, cache: StageCache, source: str, data_digest: Callable[[], str]) -> None:
+        self.cache = cache
+        self.previous = source
+        self._data_digest = data_digest
+        self._data: str | None = None
+        self.hits = 0
+
+    def data(self) -> str:
+        if self._data is None:
+            self._data = self._data_digest()
+        return self._data
+
+    def base_key(self, pass_: Any) -> str:
+        options = pass_.options.model_dump(mode="json")
+        return digest(
+            "pass", self.previous, pass_.name, options, code_digest(type(pass_)), environment()
+        )
+
+    def pass_key(self, pass_: Any) -> tuple[str, str]:
+        """(base key, full key) of the next pass; the full key adds the data's hash when an
+        earlier run of this very step found that it reads data."""
+        base = self.base_key(pass_)
+        full = digest(base, "data", self.data()) if self.cache.reads_data(base) else base
+        return base, full
+
+    def advance(self, key: str) -> None:
+        self.previous = key
+
+    def probe(self, passes: Sequence[Any], settings: Any) -> str:
+        """The compile key that the chain would reach if every pass's key is as recorded."""
+        start = self.previous
+        try:
+            for pass_ in passes:
+                self.previous = self.pass_key(pass_)[1]
+            return self.compile_key(settings)
+        finally:
+            self.previous = start
+
+    def compile_key(self, settings: Any) -> str:
+        return digest("compile", self.previous, settings, environment())
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Name -> (size, mtime) of the files in a folder, to see what a pass wrote there."""
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for path in folder.iterdir():
+        if path.is_file():
+            stat = path.stat()
+            found[path.name] = (stat.st_size, stat.st_mtime_ns)
+    return found
+
+
+def written(before: dict[str, tuple[int, int]], folder: Path) -> list[str]:
+    after = snapshot(folder)
+    return sorted(name for name, state in after.items() if before.get(name) != state)
+
+
+__all__ = [
+    "CACHE_ENV",
+    "CacheError",
+    "CacheInfo",
+    "Entry",
+    "Plan",
+    "PruneResult",
+    "StageCache",
+    "WatchedContext",
+    "cache_info",
+    "default_cache_dir",
+    "prune_cache",
+    "resolve_cache_dir",
+]
+
+
+def cache_info(cache_dir: str | Path | None = None) -> CacheInfo:
+    """Entries, sizes and leftovers of the stage cache (default folder: see
+    :func:`resolve_cache_dir`)."""
+    return StageCache(resolve_cache_dir(cache_dir)).info()
+
+
+def prune_cache(cache_dir: str | Path | None = None, max_size: int | None = None) -> PruneResult:
+    """Prune the stage cache (see :meth:`StageCache.prune`)."""
+    return StageCache(resolve_cache_dir(cache_dir)).prune(max_size)
