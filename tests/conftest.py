@@ -11,6 +11,13 @@ import yaml
 from helpers import DIMS, RANGES
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every test gets an empty cache folder (stage cache and calibration ranges), so no
+    test sees another's results or the user's cache."""
+    monkeypatch.setenv("TRTOPT_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def write_recipe(tmp_path: Path) -> Callable[..., Path]:
     """Write a recipe (YAML text or a dict) into tmp_path and return its path."""

@@ -49,7 +49,12 @@ def test_compile_exported_models(model_path, recipe_for, write_recipe, tmp_path)
     result = trtopt.compile(write_recipe(recipe))
     assert result.exit_code == 0, result.report["accuracy"]["failures"]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "report.json", "report.md"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "model.onnx",
+        "report.html",
+        "report.json",
+        "report.md",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert report == json.loads(json.dumps(result.report))
     assert report["schema_version"] == 1 and report["verdict"] == "pass"

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .batch import BatchResult, compile_many, summary_table, worst_exit_code
+from .cache import CacheInfo, PruneResult, cache_info, prune_cache
+from .diff import DiffResult, diff_reports
 from .errors import (
     BuildError,
     DataError,
@@ -16,28 +19,58 @@ from .errors import (
     TrtoptError,
     UserError,
 )
+from .gate import CheckResult, check, format_check
+from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden, update_golden
+from .html import output_pairs, write_html
+from .junit import junit_xml, write_junit
+from .lint import LintError, LintReport, lint_model
 from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
 from .pipeline import CompileResult, compile, optimize
 from .recipe import Recipe, json_schema, load_recipe
 
 __all__ = [
+    "GOLDEN_SIZE_BUDGET",
+    "BatchResult",
     "BuildError",
+    "CacheInfo",
+    "CheckResult",
     "CompileResult",
     "DataError",
+    "DiffResult",
+    "Golden",
+    "GoldenError",
+    "LintError",
+    "LintReport",
     "ModelError",
     "Pass",
     "PassContext",
     "PassError",
     "PassOptions",
+    "PruneResult",
     "Recipe",
     "RecipeError",
     "TrtoptError",
     "UserError",
     "__version__",
     "available_passes",
+    "cache_info",
+    "check",
     "compile",
+    "compile_many",
+    "diff_reports",
+    "format_check",
     "json_schema",
+    "junit_xml",
+    "lint_model",
+    "load_golden",
     "load_recipe",
     "optimize",
+    "output_pairs",
+    "prune_cache",
     "register_pass",
+    "summary_table",
+    "update_golden",
+    "worst_exit_code",
+    "write_html",
+    "write_junit",
 ]

@@ -1,3 +1,5 @@
 from .cli import main
 
-raise SystemExit(main())
+# Guarded: a spawned worker process (compile --jobs) imports this module again.
+if __name__ == "__main__":
+    raise SystemExit(main())

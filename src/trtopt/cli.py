@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,11 +27,57 @@ def _progress(message: str) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    result = trtopt.compile(
-        args.recipe, output_dir=args.output, overrides=args.set, progress=_progress
+    cache = {"cache_dir": args.cache_dir, "use_cache": not args.no_cache}
+    if len(args.recipe) == 1:
+        result = trtopt.compile(
+            args.recipe[0], output_dir=args.output, overrides=args.set, progress=_progress, **cache
+        )
+        print(summary(result.report))
+        return result.exit_code
+    results = trtopt.compile_many(
+        args.recipe,
+        jobs=args.jobs,
+        output_dir=args.output,
+        overrides=args.set,
+        progress=lambda done: _progress(f"{done.recipe}: {done.verdict}"),
+        **cache,
     )
-    print(summary(result.report))
-    return result.exit_code
+    print(trtopt.summary_table(results))
+    return trtopt.worst_exit_code(results)
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    if args.action == "info":
+        info = trtopt.cache_info(args.cache_dir)
+        if args.json:
+            print(json.dumps(info.to_json(), indent=2))
+        else:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in info.by_kind.items()) or "empty"
+            print(f"{info.root}: {info.entries} entries ({kinds}), {_size(info.bytes)}")
+            print(f"  other files (calibration ranges): {_size(info.other_bytes)}")
+            print(f"  leftovers of interrupted writes: {info.leftovers}")
+        return 0
+    max_size = _byte_size(args.max_size) if args.max_size is not None else None
+    result = trtopt.prune_cache(args.cache_dir, max_size)
+    reasons = "".join(f", {n} {why}" for why, n in result.reasons.items())
+    print(
+        f"removed {result.removed} entries ({_size(result.freed)}{reasons}) and "
+        f"{result.leftovers} leftovers; kept {result.kept} ({_size(result.kept_bytes)})"
+    )
+    return 0
+
+
+def _byte_size(text: str) -> int:
+    from pydantic import ByteSize, TypeAdapter, ValidationError
+
+    try:
+        return int(TypeAdapter(ByteSize).validate_python(text))
+    except ValidationError:
+        raise trtopt.UserError(f"not a size such as 10GiB: '{text}'", "--max-size") from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**20:.1f} MiB"
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
@@ -71,6 +118,63 @@ def _option_doc(options: type, name: str) -> str:
     return f": {' '.join(description.split())}" if description else ""
 
 
+def cmd_golden(args: argparse.Namespace) -> int:
+    golden = trtopt.update_golden(
+        args.recipe, path=args.output, overrides=args.set, samples=args.samples
+    )
+    size = golden.path.stat().st_size
+    print(
+        f"wrote {golden.path} ({size / 1024:.1f} KiB: {len(golden.inputs)} samples, outputs "
+        f"{', '.join(golden.output_names)}) and {golden.path.with_suffix('.json').name}"
+    )
+    if size > trtopt.GOLDEN_SIZE_BUDGET:
+        print(
+            f"warning: over the {trtopt.GOLDEN_SIZE_BUDGET >> 10} KiB golden-file budget; "
+            "lower check.golden_samples or the check's dims",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    result = trtopt.check(
+        args.recipe,
+        artifact=args.artifact,
+        golden=args.golden,
+        baseline=args.baseline,
+        overrides=args.set,
+    )
+    data = result.to_json()
+    if args.junit:
+        trtopt.write_junit(data, args.junit)
+    if args.html:
+        pairs = trtopt.output_pairs(result.reference_outputs, result.candidate_outputs)
+        trtopt.write_html(data, args.html, pairs)
+    print(json.dumps(data, indent=2) if args.json else trtopt.format_check(result))
+    return result.exit_code
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    result = trtopt.diff_reports(
+        args.report_a,
+        args.report_b,
+        margin=args.margin,
+        atol=args.atol,
+        latency_margin=args.latency_margin,
+        size_margin=args.size_margin,
+    )
+    print(json.dumps(result.to_json(), indent=2) if args.json else result.format())
+    return result.exit_code
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    report = trtopt.lint_model(args.model, args.target, parse=not args.no_parse)
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
+    if args.strict and report.errors:
+        raise trtopt.LintError(report.summary(), args.model)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json.dumps(trtopt.json_schema(), indent=2))
     return 0
@@ -97,10 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         "metavar": "KEY=VALUE",
         "help": "override a recipe key, e.g. check.samples=8 (repeatable)",
     }
-    sub = verb("compile", cmd_compile, "Run a recipe: passes, build, accuracy check, report.")
-    sub.add_argument("recipe")
-    sub.add_argument("-o", "--output", help="output folder (default: the recipe's `output`)")
+    cache_dir = {
+        "metavar": "DIR",
+        "help": "stage cache folder (default: $TRTOPT_CACHE_DIR, the recipe's cache.dir, "
+        "the platform's user cache folder)",
+    }
+    sub = verb("compile", cmd_compile, "Run recipes: passes, build, accuracy check, report.")
+    sub.add_argument("recipe", nargs="+", help="one or more recipe files")
+    sub.add_argument(
+        "-o",
+        "--output",
+        help="output folder (default: the recipe's `output`); with several recipes, "
+        "each goes to OUTPUT/<name>",
+    )
     sub.add_argument("--set", **overrides)
+    sub.add_argument(
+        "-j", "--jobs", type=int, default=1, help="recipes compiled at once (processes)"
+    )
+    sub.add_argument("--cache-dir", **cache_dir)
+    sub.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
 
     sub = verb("optimize", cmd_optimize, "Run graph passes on a model, no recipe needed.")
     sub.add_argument("input")
@@ -117,13 +236,80 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--print", action="store_true", help="print the fully resolved recipe")
     sub.add_argument("--set", **overrides)
 
+    sub = verb("lint", cmd_lint, "Check a model against a TensorRT target, on a CPU.")
+    sub.add_argument("model")
+    sub.add_argument(
+        "--target", default="tensorrt-10", choices=["tensorrt-10", "tensorrt-11", "tensorrt-rtx"]
+    )
+    sub.add_argument("--strict", action="store_true", help="exit 2 on any error-level finding")
+    sub.add_argument("--json", action="store_true", help="print the findings as JSON")
+    sub.add_argument(
+        "--no-parse", action="store_true", help="skip the real TensorRT for RTX parser"
+    )
+
+    sub = verb("cache", cmd_cache, "Show or prune the stage cache.")
+    sub.add_argument("action", choices=["info", "prune"])
+    sub.add_argument("--cache-dir", **cache_dir)
+    sub.add_argument(
+        "--max-size", metavar="SIZE", help="prune: also evict least recently used entries to fit"
+    )
+    sub.add_argument("--json", action="store_true", help="info: print JSON")
+
+    sub = verb("golden", cmd_golden, "Write a recipe's golden file (update).")
+    sub.add_argument("action", choices=["update"])
+    sub.add_argument("recipe")
+    sub.add_argument(
+        "-o", "--output", help="golden .npz (default: check.golden, else golden/NAME.npz)"
+    )
+    sub.add_argument(
+        "--samples", type=int, help="feeds to store (default: check.golden_samples or samples)"
+    )
+    sub.add_argument("--set", **overrides)
+
+    sub = verb("check", cmd_check, "Run an artifact on golden inputs and apply the thresholds.")
+    sub.add_argument("recipe", nargs="?", help="the recipe (thresholds, golden file, artifact)")
+    sub.add_argument("--artifact", help="artifact file or output folder (default: the recipe's)")
+    sub.add_argument("--golden", help="golden .npz (default: the recipe's check.golden)")
+    sub.add_argument("--baseline", help="report for max_degradation (default: check.baseline)")
+    sub.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    sub.add_argument("--html", metavar="FILE", help="also write an HTML report")
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_argument("--set", **overrides)
+
+    sub = verb("diff", cmd_diff, "Show what changed between two reports; exit 1 on regression.")
+    sub.add_argument("report_a", metavar="REPORT_A")
+    sub.add_argument("report_b", metavar="REPORT_B")
+    sub.add_argument(
+        "--margin",
+        type=float,
+        default=trtopt.diff.DEFAULT_MARGIN,
+        help="relative worsening of an accuracy metric that counts as a regression (0.1)",
+    )
+    sub.add_argument(
+        "--atol",
+        type=float,
+        default=trtopt.diff.DEFAULT_ATOL,
+        help="absolute worsening below which nothing counts (1e-5)",
+    )
+    sub.add_argument("--latency-margin", type=float, help="gate the artifact's median latency")
+    sub.add_argument("--size-margin", type=float, help="gate the artifact's size")
+    sub.add_argument("--json", action="store_true", help="print the changes as JSON")
+
     verb("passes", cmd_passes, "List every registered pass with its options.")
     verb("schema", cmd_schema, "Print the JSON Schema of the recipe format.")
     return parser
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM ends the process through the same cleanup as an error: staging and scratch
+    # folders removed, the previous output and the cache untouched.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except TrtoptError as error:

@@ -29,6 +29,8 @@ def interleaved(
             "runs": runs,
             "median_ms": float(np.median(times)),
             "p90_ms": float(np.percentile(times, 90)),
+            # Every run, for the latency distribution in report.html.
+            "samples_ms": [round(t, 4) for t in times],
         }
         for name, times in samples.items()
     }

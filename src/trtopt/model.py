@@ -73,7 +73,11 @@ def load_model(path: str | Path) -> onnx.ModelProto:
     try:
         # The path form also checks models over 2 GiB.
         onnx.checker.check_model(str(path))
-    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.checker.ValidationError) as error:
+    except (
+        onnx.checker.ValidationError,
+        onnx.onnx_cpp2py_export.checker.ValidationError,
+        UnicodeDecodeError,  # a corrupt string field (e.g. a flipped bit in a name)
+    ) as error:
         first = str(error).strip().splitlines()[0]
         raise ModelError(f"invalid ONNX model: {first}", str(path)) from None
     return model

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import zlib
@@ -23,19 +27,44 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.logger import G_LOGGER
 from pydantic import ValidationError
 
-from . import accuracy, feeds, latency, report
-from .backends import get_backend
+from . import accuracy, feeds, gate, latency, report
+from . import html as html_report
+from .backends import BuildResult, get_backend
 from .backends.onnxruntime import session_loader
+from .backends.profiles import derive_profiles
+from .backends.tensorrt import BackendOptionError
+from .cache import (
+    Entry,
+    Plan,
+    StageCache,
+    WatchedContext,
+    digest,
+    feeds_digest,
+    resolve_cache_dir,
+    snapshot,
+    source_digest,
+    written,
+)
+from .calibration import DataSet, DataSource, SyntheticSource
 from .errors import (
     EXIT_ACCURACY,
     EXIT_OK,
+    EXIT_USER,
+    BackendUnavailableError,
     DataError,
     PassError,
     RecipeError,
     TrtoptError,
     did_you_mean,
 )
-from .model import file_sha256, load_model, model_sha256, op_histogram, save_model
+from .model import (
+    external_data_files,
+    file_sha256,
+    load_model,
+    model_sha256,
+    op_histogram,
+    save_model,
+)
 from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass
 from .recipe import PassSpec, Recipe, load_recipe
 
@@ -191,26 +220,99 @@ def _check_feeds(recipe: Recipe, model: onnx.ModelProto) -> tuple[list[feeds.Fee
     """The check inputs and a description of where they came from."""
     infos = feeds.model_inputs(model)
     check = recipe.check
-    if check.data.npz:
-        data = feeds.npz_feeds(check.data.npz, check.samples)
-        feeds.validate_feeds(data, infos, check.data.npz)
-        return data, f"npz: {check.data.npz}"
+    if check.data.kind != "synthetic":
+        source = DataSet(check.data, infos, check.dims, _ranges(recipe))
+        return source.take(check.samples), check.data.describe()
     ranges = {name: spec.range for name, spec in recipe.inputs.items() if spec.range}
     data = feeds.synthetic_feeds(infos, check.samples, check.seed, check.dims, ranges)
     return data, f"synthetic (seed {check.seed})"
 
 
+def _ranges(recipe: Recipe) -> dict[str, tuple[float, float]]:
+    return {name: spec.range for name, spec in recipe.inputs.items() if spec.range}
+
+
+def _pass_data(
+    recipe: Recipe, model: onnx.ModelProto, check_feeds: list[feeds.Feed]
+) -> tuple[DataSet, list[feeds.Feed]]:
+    """The calibration data set (streamed by the passes that need it; synthetic when the
+    recipe declares none) and the validation feeds (default: the check feeds). The first
+    calibration feed is read when a pass needs it, so bad data fails before any work."""
+    infos = feeds.model_inputs(model)
+    spec = recipe.data.calibration or DataSource(synthetic=SyntheticSource(seed=recipe.check.seed))
+    calibration = DataSet(spec, infos, recipe.check.dims, _ranges(recipe))
+    validation = check_feeds
+    if recipe.data.validation is not None:
+        source = DataSet(recipe.data.validation, infos, recipe.check.dims, _ranges(recipe))
+        validation = list(source.feeds())
+    return calibration, validation
+
+
+def _owner() -> str:
+    """Host and process id in a temporary folder's name: a later compile can tell a leftover
+    of a killed process from the work of a running one."""
+    return f"{socket.gethostname()}-{os.getpid()}-"
+
+
 def _stage(output_dir: Path) -> Path:
-    """A fresh folder beside the output, on the same filesystem, so the final move is a rename."""
+    """A fresh folder beside the output, on the same filesystem, so the final move is a rename.
+
+    Leftovers of compiles killed earlier (SIGKILL runs no cleanup) are removed first, and an
+    output stranded mid-swap by such a kill is put back.
+    """
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-", dir=output_dir.parent))
+    _recover(output_dir)
+    prefix = f".{output_dir.name}.staging-{_owner()}"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
+
+
+def _recover(output_dir: Path) -> None:
+    pattern = re.compile(rf"^\.{re.escape(output_dir.name)}\.(staging|old)-(.+)-(\d+)-[^-]+$")
+    host = socket.gethostname()
+    for path in sorted(output_dir.parent.iterdir()):
+        match = pattern.match(path.name)
+        if not match or match.group(2) != host or _alive(int(match.group(3))):
+            continue
+        stranded = path / output_dir.name
+        if match.group(1) == "old" and stranded.is_dir() and not output_dir.exists():
+            os.rename(stranded, output_dir)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE, which the
+    standard library does not expose); False where the system or filesystem cannot."""
+    if sys.platform != "linux":
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def _commit(staging: Path, output_dir: Path) -> None:
-    """Replace ``output_dir`` by ``staging`` with renames; the old one is removed last."""
+    """Replace ``output_dir`` by ``staging``. Where the system can, both swap in one atomic
+    step, so a kill at any moment leaves the old or the new output; elsewhere the old one is
+    renamed aside first and a later compile puts it back if a kill strands it there."""
+    if output_dir.is_dir() and _exchange(staging, output_dir):
+        shutil.rmtree(staging, ignore_errors=True)  # now holds the previous output
+        return
     backup = None
     if output_dir.exists():
-        backup = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+        prefix = f".{output_dir.name}.old-{_owner()}"
+        backup = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
         os.rename(output_dir, backup / output_dir.name)
     os.rename(staging, output_dir)
     if backup is not None:
@@ -251,11 +353,17 @@ def compile(
     output_dir: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
 ) -> CompileResult:
     """Compile a recipe: passes, build, accuracy check, report; the exit code is the verdict.
 
     Raises a TrtoptError for user errors (exit 2) and build failures (exit 3); an accuracy
     failure is a result (exit 1) with the artifact and report written.
+
+    ``cache_dir`` is the stage cache's folder (default: ``$TRTOPT_CACHE_DIR``, the recipe's
+    ``cache.dir``, the platform's cache folder); ``use_cache=False`` (or the recipe's
+    ``cache.enabled: false``) neither reads nor writes it.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -264,36 +372,86 @@ def compile(
     say = progress or (lambda message: log.info(message))
     out = Path(output_dir) if output_dir is not None else recipe.output_dir()
     model_path = Path(recipe.model)
+    store = None
+    if use_cache and recipe.cache.enabled:
+        store = StageCache(resolve_cache_dir(cache_dir, recipe.cache.dir))
     with _quiet_polygraphy():
-        return _compile(recipe, model_path, out.resolve(), say)
+        return _compile(recipe, model_path, out.resolve(), say, store)
 
 
 def _compile(
-    recipe: Recipe, model_path: Path, out: Path, say: Callable[[str], None]
+    recipe: Recipe,
+    model_path: Path,
+    out: Path,
+    say: Callable[[str], None],
+    store: StageCache | None = None,
 ) -> CompileResult:
     try:
         source = load_model(model_path)
     except TrtoptError as error:
         raise type(error)(error.message, f"{recipe.place('model')}: {model_path}") from None
     _apply_input_overrides(source, recipe)
+    golden = gate.golden_for_recipe(recipe, source)  # a missing or stale one fails before work
     data, data_source = _check_feeds(recipe, source)
+    backend = _backend(recipe, source)
+    unavailable = backend.unavailable()
+    pipeline = instantiate(recipe.passes)
+    calibration, validation = _pass_data(recipe, source, data)
+    plan = compile_key = None
+    if store is not None:
+        plan = _plan(store, recipe, model_path, source, data, calibration, validation)
+        # An engine for datacenter TensorRT depends on the GPU it was built on: only its
+        # passes are cached. Every other artifact is a function of the key.
+        if not unavailable and recipe.build.backend != "tensorrt":
+            compile_key = plan.probe(pipeline, _compile_settings(recipe, data))
+            hit = store.get(compile_key)
+            if hit is not None:
+                say("unchanged: artifacts from the cache")
+                return _from_cache(hit, recipe, model_path, out, store)
     reference = _Reference(model_path, data)
 
     staging = _stage(out)
     try:
         with tempfile.TemporaryDirectory(prefix="trtopt-scratch-") as scratch_name:
             scratch = Path(scratch_name)
-            ctx = PassContext(scratch_dir=scratch, feeds=data)
-            graph = gs.import_onnx(source)
+            ctx = WatchedContext(
+                scratch_dir=scratch,
+                feeds=data,
+                calibration=calibration,
+                validation=validation,
+                artifacts_dir=staging,
+            )
+            graph: gs.Graph | None = gs.import_onnx(source)
             histogram = op_histogram(source)
             records, first_diverging = [], None
-            for index, pass_ in enumerate(instantiate(recipe.passes)):
+            pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
+            for index, pass_ in enumerate(pipeline):
                 say(f"pass {pass_.name}")
+                if plan is not None:
+                    base_key, key = plan.pass_key(pass_)
+                    entry = plan.cache.get(key)
+                    if entry is not None:
+                        record = _cached_stage(entry, ctx, staging)
+                        histogram, graph, pending = entry.meta["histogram"], None, entry
+                        plan.advance(key)
+                        if recipe.check.verify_passes:
+                            graph, pending = _load_stage(entry), None
+                            stage = _verify_stage(graph, source, scratch, data, reference, recipe)
+                            record["verification"] = stage.to_json()
+                            if not stage.passed and first_diverging is None:
+                                first_diverging = pass_.name
+                        records.append(record)
+                        continue
+                if graph is None:
+                    graph, pending = _load_stage(pending), None
+                artifacts_before, warnings_before = snapshot(staging), len(ctx.warnings)
+                ctx.data_read = False
                 before_sig, before_hist, start = (
                     graph_signature(graph),
                     histogram,
                     time.perf_counter(),
                 )
+                ctx.details = {}
                 try:
                     graph = run_pass(pass_, graph, ctx)
                 except PassError as error:
@@ -309,7 +467,26 @@ def _compile(
                     "changed": graph_signature(graph) != before_sig,
                     "op_delta": _op_delta(before_hist, histogram),
                     "verification": None,
+                    # What the pass reports about itself, e.g. nodes kept in higher precision.
+                    "details": ctx.details,
+                    "cached": False,
                 }
+                if plan is not None:
+                    if ctx.data_read and key == base_key:
+                        key = digest(base_key, "data", plan.data())
+                        plan.cache.mark_reads_data(base_key)
+                    _store_stage(
+                        plan.cache,
+                        key,
+                        graph,
+                        source,
+                        record,
+                        histogram,
+                        written(artifacts_before, staging),
+                        ctx.warnings[warnings_before:],
+                        staging,
+                    )
+                    plan.advance(key)
                 if recipe.check.verify_passes:
                     stage = _verify_stage(graph, source, scratch, data, reference, recipe)
                     record["verification"] = stage.to_json()
@@ -317,6 +494,8 @@ def _compile(
                         first_diverging = pass_.name
                 records.append(record)
 
+            if graph is None:
+                graph = _load_stage(pending)
             final = _to_model(graph, source)
             try:
                 onnx.checker.check_model(final, full_check=False)
@@ -324,20 +503,48 @@ def _compile(
                 raise PassError(f"the optimized graph is not valid ONNX: {error}") from error
             artifact_files = save_model(final, staging / "model.onnx")
 
-            backend = get_backend(
-                recipe.build.backend, getattr(recipe.build, recipe.build.backend).model_dump()
-            )
-            say(f"build {backend.name}")
-            build = backend.build(staging / "model.onnx", staging)
+            if unavailable:
+                # Everything that needs no GPU still runs and is reported; then exit 2.
+                build = BuildResult(backend.name, staging / "model.onnx", 0.0)
+                build.details = {"status": "unavailable", "reason": unavailable}
+                not_run: str | None = unavailable
+            else:
+                say(f"build {backend.name}")
+                try:
+                    build = backend.build(staging / "model.onnx", staging)
+                except BackendOptionError as error:
+                    where = recipe.place("build", recipe.build.section(), error.option)
+                    raise RecipeError(error.message, where) from None
+                not_run = backend.cannot_run(build)
             say("check accuracy")
-            candidate = backend.runner(build)
-            class_scores = {n for n, s in recipe.check.outputs.items() if s.class_scores}
+            if not_run is None:
+                candidate = backend.runner(build)
+            else:  # the artifact cannot run here: check the final graph it was built from
+                candidate = OnnxrtRunner(session_loader(staging / "model.onnx"), name="artifact")
+            settings = gate.GateSettings.from_recipe(recipe)
+            candidate_outputs = accuracy.run(candidate, data)
             result = accuracy.compare(
                 reference.outputs,
-                accuracy.run(candidate, data),
-                recipe.check.thresholds_for,
-                class_scores,
+                candidate_outputs,
+                settings.thresholds_for,
+                settings.class_scores,
+                quantile=settings.quantile,
+                top_k=settings.top_k,
+                baseline=gate.baseline_metrics(recipe.check.baseline, golden=False)
+                if recipe.check.baseline
+                else None,
             )
+            golden_check = None
+            if golden is not None:
+                say("check golden outputs")
+                golden_check = gate.check_compiled(
+                    golden,
+                    recipe,
+                    final,
+                    candidate,
+                    out / build.artifact.name,
+                    "artifact" if not_run is None else "final ONNX graph on ONNX Runtime",
+                )
             latency_report = None
             if recipe.check.latency_runs:
                 say("measure latency")
@@ -349,11 +556,15 @@ def _compile(
                     )
                 latency_report["runs"] = recipe.check.latency_runs
 
-        exit_code = EXIT_OK if result.passed and first_diverging is None else EXIT_ACCURACY
-        built_files = [build.artifact, *artifact_files]
+        passed = result.passed and (golden_check is None or golden_check.passed)
+        exit_code = EXIT_OK if passed and first_diverging is None else EXIT_ACCURACY
+        verdict = "pass" if exit_code == EXIT_OK else "fail"
+        if unavailable:  # the accuracy verdict stands; the compile itself is incomplete
+            exit_code, verdict = EXIT_USER, "incomplete"
+        built_files = [build.artifact, *artifact_files, *build.files]
         the_report = {
             "schema_version": report.SCHEMA_VERSION,
-            "verdict": "pass" if exit_code == EXIT_OK else "fail",
+            "verdict": verdict,
             "exit_code": exit_code,
             "output_dir": str(out),
             "versions": report.versions(),
@@ -384,16 +595,199 @@ def _compile(
                 **result.to_json(),
                 "data": data_source,
                 "failures": result.failures(),
+                "checked": "artifact" if not_run is None else "final ONNX graph on ONNX Runtime",
+                "artifact_not_run": None
+                if not_run is None
+                else f"the {backend.name} artifact itself was not run: {not_run}",
             },
+            "golden": None if golden_check is None else golden_check.to_json(),
             "latency": latency_report,
+            "kept_in_higher_precision": _kept(records),
+            "warnings": list(ctx.warnings),
         }
         if first_diverging:
             the_report["accuracy"]["failures"].insert(
                 0, f"pass '{first_diverging}' is the first whose outputs diverge"
             )
+        if golden_check is not None:
+            the_report["golden"].pop("versions")  # the report's own
+            the_report["accuracy"]["failures"] += [f"golden: {f}" for f in golden_check.failures()]
+        # Before the compile is cached, so that a cache hit restores the page with its plots.
+        html_report.write_html(
+            the_report,
+            staging / "report.html",
+            html_report.output_pairs(reference.outputs, candidate_outputs),
+        )
+        if plan is not None:
+            cached_passes = sum(bool(r.get("cached")) for r in records)
+            the_report["cache"] = {
+                "dir": str(plan.cache.root),
+                "compile": "miss" if compile_key is not None else "not cached (backend)",
+                "passes_from_cache": cached_passes,
+            }
+            if compile_key is not None and not unavailable:
+                _store_compile(plan, recipe, data, the_report, staging)
+        else:
+            the_report["cache"] = None
         report.write_reports(the_report, staging)
         _commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if unavailable:
+        raise BackendUnavailableError(
+            f"{unavailable}. Everything that needs no GPU ran; the report (build marked "
+            f"unavailable) is in {out}",
+            recipe.place("build", "backend"),
+        )
     return CompileResult(exit_code, out, the_report)
+
+
+def _plan(
+    store: StageCache,
+    recipe: Recipe,
+    model_path: Path,
+    source: onnx.ModelProto,
+    data: list[feeds.Feed],
+    calibration: DataSet,
+    validation: list[feeds.Feed],
+) -> Plan:
+    """The cache keys' starting point: the model's files and declared inputs; the data's
+    hash (calibration, validation and check data) joins only the keys of passes that read it."""
+    header = onnx.load(str(model_path), load_external_data=False)
+    files = [model_path, *external_data_files(header, model_path.parent)]
+    inputs = recipe.model_dump(mode="json")["inputs"]
+
+    def data_digest() -> str:
+        return digest(calibration.fingerprint(), feeds_digest(validation), feeds_digest(data))
+
+    return Plan(store, source_digest(files, inputs), data_digest)
+
+
+def _compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
+    """What besides the final graph decides a compile's artifacts and report."""
+    dumped = recipe.model_dump(mode="json")
+    return {
+        "build": dumped["build"],
+        "check": dumped["check"],
+        "check_data": feeds_digest(data),
+        # The golden file and baseline report are inputs of the check, like its data.
+        "check_files": [
+            file_sha256(Path(f)) if Path(f).is_file() else None
+            for f in (recipe.check.golden, recipe.check.baseline)
+            if f
+        ],
+    }
+
+
+def _load_stage(entry: Entry | None) -> gs.Graph:
+    assert entry is not None
+    return gs.import_onnx(load_model(entry.file("model.onnx")))
+
+
+def _cached_stage(entry: Entry, ctx: PassContext, staging: Path) -> dict[str, Any]:
+    """A pass's record, artifacts and warnings from its cache entry."""
+    entry.restore(entry.meta["artifacts"], staging)
+    ctx.warnings.extend(entry.meta["warnings"])
+    return {**entry.meta["record"], "cached": True}
+
+
+def _store_stage(
+    store: StageCache,
+    key: str,
+    graph: gs.Graph,
+    like: onnx.ModelProto,
+    record: dict[str, Any],
+    histogram: dict[str, int],
+    artifacts: list[str],
+    warnings: list[str],
+    staging: Path,
+) -> None:
+    with store.writer(key, "pass") as entry:
+        save_model(_to_model(graph.copy(), like), entry.folder / "model.onnx")
+        for name in artifacts:
+            shutil.copyfile(staging / name, entry.folder / name)
+        entry.meta = {
+            "record": record,
+            "histogram": histogram,
+            "artifacts": artifacts,
+            "warnings": list(warnings),
+        }
+
+
+def _store_compile(
+    plan: Plan, recipe: Recipe, data: list[feeds.Feed], the_report: dict, staging: Path
+) -> None:
+    key = plan.compile_key(_compile_settings(recipe, data))
+    with plan.cache.writer(key, "compile") as entry:
+        # Everything staged so far (the reports are written after, and again on a hit).
+        for path in sorted(staging.iterdir()):
+            if not path.is_file():
+                raise OSError(f"not caching a compile whose output holds a folder ({path.name})")
+            shutil.copyfile(path, entry.folder / path.name)
+        entry.meta = {"report": the_report}
+
+
+def _from_cache(
+    entry: Entry, recipe: Recipe, model_path: Path, out: Path, store: StageCache
+) -> CompileResult:
+    """An unchanged compile: its artifacts and report, copied into place the usual way."""
+    the_report = {
+        **entry.meta["report"],
+        "output_dir": str(out),
+        "recipe": recipe.model_dump(mode="json"),
+    }
+    the_report["model"] = {**the_report["model"], "path": str(model_path)}
+    the_report["passes"] = [{**record, "cached": True} for record in the_report["passes"]]
+    the_report["cache"] = {
+        "dir": str(store.root),
+        "compile": "hit",
+        "passes_from_cache": len(the_report["passes"]),
+    }
+    staging = _stage(out)
+    try:
+        entry.restore(entry.files(), staging)
+        report.write_reports(the_report, staging)
+        _commit(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompileResult(the_report["exit_code"], out, the_report)
+
+
+def _kept(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Nodes the precision passes kept in higher precision and why, by ONNX node name: the
+    precision pass's FP32 list and every automatic search's exclusions, ready to pin into
+    the recipe (`keep_fp32.nodes`, `exclude.nodes`)."""
+    kept = []
+    for record in records:
+        details = record.get("details") or {}
+        for item in details.get("kept_fp32", []):
+            kept.append({"pass": record["name"], **item})
+        if "kept_fp32" not in details:
+            for item in details.get("excluded_nodes", []):
+                reason = f"auto: effect {item['effect']:.3g} when quantized alone"
+                kept.append({"pass": record["name"], "node": item["node"], "reason": reason})
+    return kept
+
+
+def _backend(recipe: Recipe, model: onnx.ModelProto) -> Any:
+    """The recipe's backend, with TensorRT optimization profiles derived from `inputs`."""
+    profiles = None
+    if recipe.build.backend != "onnxruntime":
+        given = {
+            name: [(tuple(p.min), tuple(p.opt), tuple(p.max)) for p in spec.profile_list()]
+            for name, spec in recipe.inputs.items()
+            if spec.profile_list()
+        }
+        profiles = derive_profiles(
+            feeds.model_inputs(model),
+            given,
+            recipe.check.dims,
+            lambda name: (
+                recipe.place("inputs", name, "profiles")
+                if recipe.inputs[name].profiles
+                else recipe.place("inputs", name, "profile")
+            ),
+        )
+    return get_backend(recipe.build.backend, recipe.build.options(), profiles)

@@ -7,8 +7,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .calibration.sources import SOURCE_PATH_FIELDS, DataSource
 from .errors import Place, RecipeError, did_you_mean
 from .passes import available_passes, get_pass, load_plugin
 from .positions import Document, KeyPath, load_yaml
@@ -25,6 +35,25 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
+class ProfileSpec(Strict):
+    """One TensorRT optimization profile of an input: the shapes an engine accepts."""
+
+    min: list[Annotated[int, Field(ge=0)]]
+    """Smallest shape, e.g. [1, 3, 224, 224]."""
+    opt: list[Annotated[int, Field(ge=0)]]
+    """Shape TensorRT tunes for (and latency is measured at)."""
+    max: list[Annotated[int, Field(ge=0)]]
+    """Largest shape."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ProfileSpec:
+        if not len(self.min) == len(self.opt) == len(self.max):
+            raise ValueError("min, opt and max must have the same number of dims")
+        if any(not a <= b <= c for a, b, c in zip(self.min, self.opt, self.max)):
+            raise ValueError("every dim must satisfy min <= opt <= max")
+        return self
+
+
 class InputSpec(Strict):
     """Overrides for one model input."""
 
@@ -32,6 +61,24 @@ class InputSpec(Strict):
     """Declared shape written into the optimized model; a string is a symbolic dim."""
     range: tuple[float, float] | None = None
     """[low, high) of synthetic values, e.g. [0, 30522] for token ids."""
+    profile: ProfileSpec | None = None
+    """TensorRT optimization profile (min/opt/max shapes) of a dynamic input."""
+    profiles: list[ProfileSpec] = []
+    """Several optimization profiles; the engine's i-th profile takes every input's i-th."""
+
+    @model_validator(mode="after")
+    def _one_profile_form(self) -> InputSpec:
+        if self.profile is not None and self.profiles:
+            raise ValueError("give either `profile` or `profiles`, not both")
+        for spec in self.profile_list():
+            if self.shape is not None and len(spec.min) != len(self.shape):
+                raise ValueError(
+                    f"profile has {len(spec.min)} dims, the shape has {len(self.shape)}"
+                )
+        return self
+
+    def profile_list(self) -> list[ProfileSpec]:
+        return [self.profile] if self.profile is not None else list(self.profiles)
 
 
 class OnnxruntimeOptions(Strict):
@@ -43,10 +90,98 @@ class OnnxruntimeOptions(Strict):
     """Threads across operators; 0 lets ONNX Runtime choose."""
 
 
+class TensorrtCommonOptions(Strict):
+    """Engine build options that datacenter TensorRT and TensorRT for RTX share. Builds are
+    always strongly typed: precision comes from the graph (casts, Q/DQ), never from flags."""
+
+    optimization_level: Annotated[int, Field(ge=0, le=5)] | None = None
+    """Builder optimization level 0-5 (higher searches longer); null keeps TensorRT's (3)."""
+    workspace: ByteSize | None = None
+    """Workspace memory pool limit, e.g. 4GiB; null leaves it to TensorRT (device memory)."""
+    memory_pools: dict[str, ByteSize] = {}
+    """Other memory pool limits by TensorRT pool name, e.g. {tactic_shared_memory: 48KiB}."""
+    max_aux_streams: Annotated[int, Field(ge=0)] | None = None
+    """Most auxiliary CUDA streams TensorRT may use; null lets it decide."""
+    profiling_verbosity: Literal["none", "layer_names_only", "detailed"] | None = None
+    """How much layer information the engine keeps for profilers (Polygraphy: detailed)."""
+    sparsity: bool = False
+    """Let TensorRT use structured-sparsity kernels for 2:4 sparse weights."""
+    refittable: bool = False
+    """Build an engine whose weights can be refitted later."""
+    strip_plan: bool = False
+    """With refittable: leave the refittable weights out of the plan file."""
+
+
+class TensorrtOptions(TensorrtCommonOptions):
+    """Datacenter TensorRT (10.x strongly typed, 11.x)."""
+
+    tf32: bool = False
+    """Allow TF32 for FP32 matmul/convolution (faster on Ampere and later, ~10-bit mantissa)."""
+    timing_cache: str | None = None
+    """Timing cache file, loaded before and saved after each build (reused across compiles);
+    relative to the recipe. A copy is written to the output folder."""
+    version_compatible: bool = False
+    """Build an engine later TensorRT runtimes can load (embeds the lean runtime)."""
+    exclude_lean_runtime: bool = False
+    """With version_compatible: leave the lean runtime out of the plan."""
+    hardware_compatibility_level: (
+        Literal["none", "ampere_plus", "same_compute_capability"] | None
+    ) = None
+    """Build for GPUs other than the build GPU: ampere_plus runs on any Ampere or later."""
+
+
+def _compute_capability(value: Any) -> str:
+    text = str(value).strip().lower()
+    major, _, minor = text.partition(".")
+    if text.startswith("sm") and text[2:].isdigit() and len(text) in (4, 5):  # sm89, sm120
+        major, minor = text[2:-1], text[-1]
+    if not (major.isdigit() and minor.isdigit() and len(minor) == 1):
+        raise ValueError(f"'{value}' is not a compute capability such as 8.9 or 12.0")
+    return f"{int(major)}.{int(minor)}"
+
+
+class TensorrtRtxOptions(TensorrtCommonOptions):
+    """TensorRT for RTX: engines are built ahead of time on any machine (a CPU is enough) for
+    the named compute capabilities, and JIT-specialized on the GPU at first run."""
+
+    compute_capabilities: list[str] = []
+    """Target GPUs as compute capabilities, e.g. [8.9, 12.0] (Ada, Blackwell); empty builds
+    TensorRT for RTX's default set (Ampere and later)."""
+    runtime_cache: str | None = None
+    """Runtime cache file of JIT-compiled kernels, loaded and saved where the engine runs on a
+    GPU; relative to the recipe."""
+
+    @field_validator("compute_capabilities", mode="before")
+    @classmethod
+    def _normalize_capabilities(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [_compute_capability(item) for item in value]
+        return value
+
+
+BACKEND_SECTIONS = {
+    "onnxruntime": "onnxruntime",
+    "tensorrt": "tensorrt",
+    "tensorrt-rtx": "tensorrt_rtx",
+}
+"""Backend name -> the `build` key holding its options."""
+
+
 class BuildSpec(Strict):
-    backend: Literal["onnxruntime"] = "onnxruntime"
-    """Which backend builds the artifact."""
+    backend: Literal["onnxruntime", "tensorrt", "tensorrt-rtx"] = "onnxruntime"
+    """Which backend builds the artifact: onnxruntime (CPU, always available), tensorrt
+    (datacenter TensorRT, extra `tensorrt`) or tensorrt-rtx (TensorRT for RTX, extra `rtx`)."""
     onnxruntime: OnnxruntimeOptions = OnnxruntimeOptions()
+    tensorrt: TensorrtOptions = TensorrtOptions()
+    tensorrt_rtx: TensorrtRtxOptions = TensorrtRtxOptions()
+
+    def section(self) -> str:
+        """The `build` key that holds the chosen backend's options."""
+        return BACKEND_SECTIONS[self.backend]
+
+    def options(self) -> dict[str, Any]:
+        """The chosen backend's options, as plain data."""
+        return getattr(self, self.section()).model_dump(mode="json")
 
 
 class Thresholds(Strict):
@@ -58,6 +193,31 @@ class Thresholds(Strict):
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
     min_top1: Annotated[float, Field(ge=0, le=1)] | None = None
     """Fraction of rows whose argmax agrees; only for outputs marked ``class_scores``."""
+    quantile_abs: Annotated[float, Field(ge=0)] | None = None
+    """Largest ``check.error_quantile`` quantile (default 0.99: p99) of the absolute error."""
+    min_snr_db: float | None = None
+    """Smallest signal-to-noise ratio in dB (10 log10 of reference power over error power)."""
+    min_psnr_db: float | None = None
+    """Smallest peak signal-to-noise ratio in dB (peak: the reference's maximum)."""
+    min_topk: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Fraction of rows whose reference argmax is among the artifact's ``top_k`` largest
+    scores; only for outputs marked ``class_scores``."""
+    max_degradation: dict[str, Annotated[float, Field(ge=0)]] | None = None
+    """How much worse than in the baseline report (``check.baseline``) each named metric may
+    get, in its own unit, e.g. {cosine: 1.0e-4, max_abs: 0.01, top1: 0.0}."""
+
+    @field_validator("max_degradation")
+    @classmethod
+    def _known_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        from .accuracy import METRICS  # the metric names live with the metrics
+
+        for name in value or {}:
+            if name not in METRICS:
+                raise ValueError(
+                    f"unknown metric '{name}'{did_you_mean(name, METRICS)}; "
+                    f"metrics: {', '.join(METRICS)}"
+                )
+        return value
 
     def over(self, base: Thresholds) -> Thresholds:
         """These thresholds, falling back to ``base`` for the limits not set here."""
@@ -70,19 +230,24 @@ DEFAULT_THRESHOLDS = Thresholds(max_abs=1e-3, min_cosine=0.9999)
 class OutputSpec(Strict):
     class_scores: bool = False
     """The output holds class scores along its last axis: top-1 agreement is measured."""
+    top_k: Annotated[int, Field(ge=1)] = 5
+    """k of the top-k agreement measured for class scores."""
     thresholds: Thresholds = Thresholds()
 
 
-class CheckData(Strict):
-    """Where check inputs come from: synthetic (the default) or .npz files of named arrays."""
+class CheckData(DataSource):
+    """Where check inputs come from: synthetic (the default), npz, npy, images or a script;
+    ``check.samples`` feeds are taken from it."""
 
-    npz: str | None = None
-    """A path or glob of .npz files; each file is one feed, arrays keyed by input name."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _synthetic(cls, value: Any) -> Any:
-        return {} if value == "synthetic" else value
+class DataSpec(Strict):
+    """Data sets the passes use (see trtopt.calibration.sources for the source kinds)."""
+
+    calibration: DataSource | None = None
+    """What calibration (quantize) and the FP16 range guard (precision) stream through the
+    model; default: synthetic data, with a warning in the report."""
+    validation: DataSource | None = None
+    """What automatic sensitivity searches judge accuracy on; default: the check data."""
 
 
 class CheckSpec(Strict):
@@ -99,6 +264,17 @@ class CheckSpec(Strict):
     """Run the check inputs after every pass and name the first pass that breaks numerics."""
     latency_runs: Annotated[int, Field(ge=0)] = 20
     """Timed runs of reference and artifact on ONNX Runtime CPU; 0 skips latency."""
+    error_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    """Which quantile of the absolute error ``quantile_abs`` measures (0.99: p99)."""
+    golden: str | None = None
+    """Golden file (``trtopt golden update`` writes it): inputs and reference outputs that
+    ``trtopt check`` and every compile run the artifact on; relative to the recipe."""
+    golden_samples: Annotated[int, Field(ge=1)] | None = None
+    """Feeds stored in the golden file; default ``samples``. Keep golden files small enough to
+    commit (trtopt.golden.GOLDEN_SIZE_BUDGET)."""
+    baseline: str | None = None
+    """A previous report.json (or `trtopt check --json` output) that ``max_degradation``
+    thresholds compare with; relative to the recipe."""
 
     def thresholds_for(self, output: str) -> Thresholds:
         spec = self.outputs.get(output)
@@ -106,6 +282,16 @@ class CheckSpec(Strict):
             update=self.thresholds.model_dump(include=self.thresholds.model_fields_set)
         )
         return spec.thresholds.over(defaults) if spec else defaults
+
+
+class CacheSpec(Strict):
+    """The stage cache: pass outputs and unchanged compiles reused across runs."""
+
+    enabled: bool = True
+    """Read and write the cache (``--no-cache`` turns it off for one run)."""
+    dir: str | None = None
+    """Cache folder, relative to the recipe; ``--cache-dir`` and ``$TRTOPT_CACHE_DIR`` take
+    precedence; default: the platform's user cache folder."""
 
 
 class PassSpec(Strict):
@@ -125,10 +311,12 @@ class Recipe(Strict):
     passes: list[PassSpec] = []
     build: BuildSpec = BuildSpec()
     check: CheckSpec = CheckSpec()
+    data: DataSpec = DataSpec()
     output: str | None = None
     """Output folder; default build/<name> beside the recipe."""
     plugins: list[str] = []
     """Python files defining extra passes; loaded before the passes are validated."""
+    cache: CacheSpec = CacheSpec()
 
     _document: Document | None = PrivateAttr(default=None)
 
@@ -166,7 +354,20 @@ def _pass_item(item: Any) -> Any:
     return item
 
 
-PATH_FIELDS: tuple[KeyPath, ...] = (("model",), ("output",), ("check", "data", "npz"))
+PATH_FIELDS: tuple[KeyPath, ...] = (
+    ("model",),
+    ("output",),
+    *(
+        (*section, *field)
+        for section in (("check", "data"), ("data", "calibration"), ("data", "validation"))
+        for field in SOURCE_PATH_FIELDS
+    ),
+    ("build", "tensorrt", "timing_cache"),
+    ("build", "tensorrt_rtx", "runtime_cache"),
+    ("cache", "dir"),
+    ("check", "golden"),
+    ("check", "baseline"),
+)
 
 
 def _load_document(path: Path, chain: tuple[Path, ...] = ()) -> Document:

@@ -54,7 +54,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"- artifact: `{build['artifact']}` ({build['backend']}, {build['size_bytes']} bytes, "
         f"built in {build['seconds']:.2f} s)",
         f"- accuracy: {accuracy['verdict']} over {accuracy['samples']} samples "
-        f"({accuracy['data']})",
+        f"({accuracy['data']})"
+        + (f"; {accuracy['artifact_not_run']}" if accuracy.get("artifact_not_run") else ""),
         "",
         "## Passes",
         "",
@@ -113,6 +114,14 @@ def summary(report: dict[str, Any]) -> str:
         f"  build    {report['build']['backend']} in {report['build']['seconds']:.2f} s",
         f"  accuracy {report['accuracy']['verdict']} ({report['accuracy']['samples']} samples)",
     ]
+    if report["accuracy"].get("artifact_not_run"):
+        lines.append(f"    checked the final ONNX graph: {report['accuracy']['artifact_not_run']}")
+    golden = report.get("golden")
+    if golden:
+        lines.append(
+            f"  golden   {golden['verdict']} ({golden['accuracy']['samples']} samples of "
+            f"{golden['golden']})"
+        )
     lines += [f"    FAIL {line}" for line in report["accuracy"]["failures"]]
     latency = report.get("latency")
     if latency:

@@ -17,13 +17,23 @@ class BuildResult:
     artifact: Path
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    """Other files the build wrote beside the artifact (build log, timing cache)."""
 
 
 class Backend(Protocol):
     name: str
 
+    def unavailable(self) -> str | None:
+        """Why this backend cannot build here (its package is missing), or None."""
+        ...
+
     def build(self, model_path: Path, out_dir: Path) -> BuildResult:
         """Turn the optimized ONNX model into the artifact, writing only under ``out_dir``."""
+        ...
+
+    def cannot_run(self, build: BuildResult) -> str | None:
+        """Why the artifact cannot run on this machine (e.g. no GPU), or None."""
         ...
 
     def runner(self, build: BuildResult) -> BaseRunner:

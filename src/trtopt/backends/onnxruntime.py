@@ -60,6 +60,12 @@ class OnnxruntimeBackend:
         self.intra_op_threads = intra_op_threads
         self.inter_op_threads = inter_op_threads
 
+    def unavailable(self) -> str | None:
+        return None  # a dependency of trtopt itself
+
+    def cannot_run(self, build: BuildResult) -> str | None:
+        return None
+
     def _loader(self, model_path: Path) -> Callable[[], ort.InferenceSession]:
         return session_loader(
             model_path, self.graph_optimization_level, self.intra_op_threads, self.inter_op_threads

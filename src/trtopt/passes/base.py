@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..calibration import DataSet
 
 
 class PassOptions(BaseModel):
@@ -24,11 +27,21 @@ class PassContext:
 
     ``feeds`` holds sample input feeds (the check data) for passes that need real values;
     ``scratch_dir`` is a private folder that disappears after the compile.
+    ``calibration`` is the recipe's calibration data set (streamed; None outside a compile),
+    ``validation`` the feeds that automatic searches judge accuracy on (default: ``feeds``).
+    ``artifacts_dir`` is where a pass may write files that ship with the output (None when
+    nothing ships). A pass puts what the report should show about it in ``details``
+    (JSON-serializable), and what a user should know in ``warnings``.
     """
 
     scratch_dir: Path
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("trtopt.passes"))
     feeds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    calibration: DataSet | None = None
+    validation: list[dict[str, np.ndarray]] = field(default_factory=list)
+    artifacts_dir: Path | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Pass:
