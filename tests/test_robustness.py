@@ -23,7 +23,7 @@ from helpers import ROOT
 from trtopt import ModelError, RecipeError
 from trtopt.cache import LAYOUT, StageCache
 from trtopt.model import load_model, model_sha256
-from trtopt.pipeline import _commit, _stage
+from trtopt.staging import commit, stage
 
 QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
 
@@ -128,19 +128,19 @@ def test_a_kill_between_the_fallback_renames_is_repaired(tmp_path):
     leftover = tmp_path / f".out.staging-{host}-{pid.pid}-efgh5678"
     leftover.mkdir()
 
-    staging = _stage(out)
+    staging = stage(out)
     assert (out / "model.onnx").read_text() == "previous"
     assert not stranded.exists() and not leftover.exists()
     (staging / "model.onnx").write_text("new")
-    _commit(staging, out)
+    commit(staging, out)
     assert (out / "model.onnx").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_running_compiles_staging_folders_are_left_alone(tmp_path):
     out = tmp_path / "out"
-    mine = _stage(out)  # this process is alive
-    other = _stage(out)
+    mine = stage(out)  # this process is alive
+    other = stage(out)
     assert mine.exists() and other.exists()
 
 
