@@ -268,6 +268,89 @@ def _verify_stage(
     return accuracy.compare(reference.outputs, outputs, recipe.check.thresholds_for, class_scores)
 
 
+def _run_passes(
+    recipe: Recipe,
+    pipeline: list[Pass],
+    source: onnx.ModelProto,
+    ctx: WatchedContext,
+    plan: Plan | None,
+    staging: Path,
+    verify: Callable[[gs.Graph], accuracy.AccuracyResult] | None,
+    say: Callable[[str], None],
+) -> tuple[gs.Graph, list[dict[str, Any]], str | None]:
+    """Run the passes (or take their outputs from the cache): the final graph, a record per
+    pass for the report, and the first pass whose outputs diverged (when ``verify`` is set)."""
+    graph: gs.Graph | None = gs.import_onnx(source)
+    histogram = op_histogram(source)
+    records, first_diverging = [], None
+    pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
+    for index, pass_ in enumerate(pipeline):
+        say(f"pass {pass_.name}")
+        entry = None
+        if plan is not None:
+            base_key, key = plan.pass_key(pass_)
+            entry = plan.cache.get(key)
+        if entry is not None:
+            record = _cached_stage(entry, ctx, staging)
+            histogram, graph, pending = entry.meta["histogram"], None, entry
+            plan.advance(key)
+            if verify is not None:
+                graph, pending = _load_stage(entry), None
+        else:
+            if graph is None:
+                graph, pending = _load_stage(pending), None
+            artifacts_before, warnings_before = snapshot(staging), len(ctx.warnings)
+            ctx.data_read, ctx.details = False, {}
+            before_sig, before_hist, start = graph_signature(graph), histogram, time.perf_counter()
+            try:
+                graph = run_pass(pass_, graph, ctx)
+            except PassError as error:
+                raise PassError(error.message, recipe.place("passes", index)) from error
+            seconds = time.perf_counter() - start
+            histogram = dict(sorted(Counter(node.op for node in graph.nodes).items()))
+            record = {
+                "name": pass_.name,
+                "options": pass_.options.model_dump(mode="json"),
+                "seconds": round(seconds, 6),
+                "nodes_before": sum(before_hist.values()),
+                "nodes_after": len(graph.nodes),
+                "changed": graph_signature(graph) != before_sig,
+                "op_delta": _op_delta(before_hist, histogram),
+                "verification": None,
+                # What the pass reports about itself, e.g. nodes kept in higher precision.
+                "details": ctx.details,
+                "cached": False,
+            }
+            if plan is not None:
+                if ctx.data_read and key == base_key:
+                    key = digest(base_key, "data", plan.data())
+                    plan.cache.mark_reads_data(base_key)
+                new_files = written(artifacts_before, staging)
+                new_warnings = ctx.warnings[warnings_before:]
+                _store_stage(
+                    plan.cache,
+                    key,
+                    graph,
+                    source,
+                    record,
+                    histogram,
+                    new_files,
+                    new_warnings,
+                    staging,
+                )
+                plan.advance(key)
+        if verify is not None:
+            stage = verify(graph)
+            record["verification"] = stage.to_json()
+            if not stage.passed and first_diverging is None:
+                first_diverging = pass_.name
+        records.append(record)
+
+    if graph is None:
+        graph = _load_stage(pending)
+    return graph, records, first_diverging
+
+
 def _op_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     delta = Counter(after)
     delta.subtract(before)
@@ -347,81 +430,15 @@ def _compile(
                 validation=validation,
                 artifacts_dir=staging,
             )
-            graph: gs.Graph | None = gs.import_onnx(source)
-            histogram = op_histogram(source)
-            records, first_diverging = [], None
-            pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
-            for index, pass_ in enumerate(pipeline):
-                say(f"pass {pass_.name}")
-                if plan is not None:
-                    base_key, key = plan.pass_key(pass_)
-                    entry = plan.cache.get(key)
-                    if entry is not None:
-                        record = _cached_stage(entry, ctx, staging)
-                        histogram, graph, pending = entry.meta["histogram"], None, entry
-                        plan.advance(key)
-                        if recipe.check.verify_passes:
-                            graph, pending = _load_stage(entry), None
-                            stage = _verify_stage(graph, source, scratch, data, reference, recipe)
-                            record["verification"] = stage.to_json()
-                            if not stage.passed and first_diverging is None:
-                                first_diverging = pass_.name
-                        records.append(record)
-                        continue
-                if graph is None:
-                    graph, pending = _load_stage(pending), None
-                artifacts_before, warnings_before = snapshot(staging), len(ctx.warnings)
-                ctx.data_read = False
-                before_sig, before_hist, start = (
-                    graph_signature(graph),
-                    histogram,
-                    time.perf_counter(),
-                )
-                ctx.details = {}
-                try:
-                    graph = run_pass(pass_, graph, ctx)
-                except PassError as error:
-                    raise PassError(error.message, recipe.place("passes", index)) from error
-                seconds = time.perf_counter() - start
-                histogram = dict(sorted(Counter(node.op for node in graph.nodes).items()))
-                record = {
-                    "name": pass_.name,
-                    "options": pass_.options.model_dump(mode="json"),
-                    "seconds": round(seconds, 6),
-                    "nodes_before": sum(before_hist.values()),
-                    "nodes_after": len(graph.nodes),
-                    "changed": graph_signature(graph) != before_sig,
-                    "op_delta": _op_delta(before_hist, histogram),
-                    "verification": None,
-                    # What the pass reports about itself, e.g. nodes kept in higher precision.
-                    "details": ctx.details,
-                    "cached": False,
-                }
-                if plan is not None:
-                    if ctx.data_read and key == base_key:
-                        key = digest(base_key, "data", plan.data())
-                        plan.cache.mark_reads_data(base_key)
-                    _store_stage(
-                        plan.cache,
-                        key,
-                        graph,
-                        source,
-                        record,
-                        histogram,
-                        written(artifacts_before, staging),
-                        ctx.warnings[warnings_before:],
-                        staging,
-                    )
-                    plan.advance(key)
-                if recipe.check.verify_passes:
-                    stage = _verify_stage(graph, source, scratch, data, reference, recipe)
-                    record["verification"] = stage.to_json()
-                    if not stage.passed and first_diverging is None:
-                        first_diverging = pass_.name
-                records.append(record)
+            verify = None
+            if recipe.check.verify_passes:
 
-            if graph is None:
-                graph = _load_stage(pending)
+                def verify(graph: gs.Graph) -> accuracy.AccuracyResult:
+                    return _verify_stage(graph, source, scratch, data, reference, recipe)
+
+            graph, records, first_diverging = _run_passes(
+                recipe, pipeline, source, ctx, plan, staging, verify, say
+            )
             final = _to_model(graph, source)
             try:
                 onnx.checker.check_model(final, full_check=False)
