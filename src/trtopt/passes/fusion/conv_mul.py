@@ -1,0 +1,37 @@
+"""``fuse-conv-mul``: fold a per-channel constant Mul after a Conv into its weights and bias."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..registry import register_pass
+from .conv_add import per_channel
+from .pattern import Const, Fusion, Match, Op, Opt, Var, const, replace_root
+
+PATTERN = Op("Mul", Op("Conv", Var("x"), Const("w"), Opt(Const("b")), name="conv"), Const("c"))
+
+
+@register_pass("fuse-conv-mul")
+class FuseConvMul(Fusion):
+    """Fold a per-channel constant scale of a Conv output into its weights and bias (any opset)."""
+
+    pattern = PATTERN
+
+    def check(self, match: Match, graph: gs.Graph) -> str | None:
+        w = match.value("w")
+        if not np.issubdtype(w.dtype, np.floating) or match.value("c").dtype != w.dtype:
+            return f"dtypes differ or are not floating point ({w.dtype}, {match.value('c').dtype})"
+        found = per_channel(match.value("c"), w.shape[0], w.ndim)
+        return found if isinstance(found, str) else None
+
+    def rewrite(self, match: Match, graph: gs.Graph) -> None:
+        conv, w = match["conv"], match.value("w")
+        scale = per_channel(match.value("c"), w.shape[0], w.ndim)
+        assert not isinstance(scale, str)
+        weight = w.astype(np.float64) * scale.reshape(-1, *([1] * (w.ndim - 1)))
+        inputs = [match["x"], const(graph, f"{conv.name}_weight_scaled", weight.astype(w.dtype))]
+        if "b" in match:
+            bias = match.value("b").astype(np.float64) * scale
+            inputs.append(const(graph, f"{conv.name}_bias_scaled", bias.astype(w.dtype)))
+        replace_root(graph, match, "Conv", inputs, dict(conv.attrs), name=conv.name)
