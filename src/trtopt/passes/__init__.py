@@ -3,7 +3,14 @@
 from .base import Pass, PassContext, PassOptions
 from .registry import available_passes, get_pass, load_plugin, register_pass
 
-DEFAULT_PASSES: tuple[str, ...] = ("cleanup", "fold-constants", "infer-shapes", "cleanup")
+# Fusions run after constant folding (they match constant weights) and before shape inference.
+DEFAULT_PASSES: tuple[str, ...] = (
+    "cleanup",
+    "fold-constants",
+    "fuse",
+    "infer-shapes",
+    "cleanup",
+)
 
 __all__ = [
     "DEFAULT_PASSES",
