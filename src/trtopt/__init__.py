@@ -24,6 +24,7 @@ from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden, update
 from .html import output_pairs, write_html
 from .junit import junit_xml, write_junit
 from .lint import LintError, LintReport, lint_model
+from .model import load_model, save_model
 from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
 from .pipeline import CompileResult, compile, optimize
 from .recipe import Recipe, json_schema, load_recipe
@@ -63,11 +64,13 @@ __all__ = [
     "junit_xml",
     "lint_model",
     "load_golden",
+    "load_model",
     "load_recipe",
     "optimize",
     "output_pairs",
     "prune_cache",
     "register_pass",
+    "save_model",
     "summary_table",
     "update_golden",
     "worst_exit_code",

@@ -16,8 +16,6 @@ import onnx
 import trtopt
 
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError
-from .model import save_model
-from .report import summary
 
 
 def _progress(message: str) -> None:
@@ -32,7 +30,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         result = trtopt.compile(
             args.recipe[0], output_dir=args.output, overrides=args.set, progress=_progress, **cache
         )
-        print(summary(result.report))
+        print(result.summary())
         return result.exit_code
     results = trtopt.compile_many(
         args.recipe,
@@ -86,7 +84,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     out = Path(args.output)
     before = len(onnx.load(args.input, load_external_data=False).graph.node)
     staged = out.with_name(f".{out.name}.partial")
-    files = save_model(model, staged, external_data=args.external_data or None)
+    files = trtopt.save_model(model, staged, external_data=args.external_data or None)
     for file in files:  # move into place only once every file is written
         file.replace(out.parent / file.name.replace(staged.name, out.name, 1))
     print(f"{args.input}: {before} -> {len(model.graph.node)} nodes, wrote {out}")

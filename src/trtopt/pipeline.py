@@ -85,6 +85,10 @@ class CompileResult:
     def artifact(self) -> Path:
         return self.output_dir / self.report["build"]["artifact"]
 
+    def summary(self) -> str:
+        """A few lines for a terminal."""
+        return report.summary(self.report)
+
 
 @contextmanager
 def _quiet_polygraphy() -> Iterator[None]:
