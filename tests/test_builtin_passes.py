@@ -151,3 +151,23 @@ def test_default_chain_keeps_semantics_on_generated_graphs(model):
     assert [o.name for o in optimized.graph.output] == [o.name for o in model.graph.output]
     assert_same_outputs(ort_run(model, data), ort_run(optimized, data))
     assert len(optimized.graph.node) <= len(model.graph.node)
+
+
+def test_fold_constants_trusts_computed_shapes_not_declared_ones():
+    """A model declares its output `y` as [1, 4], but it is [batch, 4]: folding Shape(y) from
+    the declaration would bake a batch of 1 into the Reshape."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    wrong = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4])
+    nodes = [
+        helper.make_node("Relu", ["x"], ["y"]),
+        helper.make_node("Shape", ["y"], ["s"]),
+        helper.make_node("Reshape", ["x", "s"], ["z"]),
+    ]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [wrong, z]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    data = [{"x": np.arange(12, dtype=np.float32).reshape(3, 4)}]
+    for chain in (["fold-constants"], list(DEFAULT_PASSES)):
+        optimized = trtopt.optimize(model, passes=chain)
+        assert_same_outputs(ort_run(model, data), ort_run(optimized, data))

@@ -6,6 +6,7 @@ import onnx_graphsurgeon as gs
 from pydantic import ByteSize
 
 from .base import Pass, PassContext, PassOptions
+from .fusion.pattern import computed_shapes
 from .registry import register_pass
 
 
@@ -18,11 +19,24 @@ class FoldConstants(Pass):
         """Do not fold a tensor larger than this (e.g. 16MiB), so folding never balloons the file;
         null folds everything."""
         fold_shapes: bool = True
-        """Also fold Shape nodes whose input shape is static."""
+        """Also fold Shape nodes whose input shape is static, as the graph computes it (the
+        shapes a model declares for its outputs and intermediates are ignored: exporters get
+        them wrong)."""
         partitioning: bool = False
         """Fold in partitions, so one unfoldable node does not stop its neighbours."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        if self.options.fold_shapes:
+            # graphsurgeon folds a Shape node from its input tensor's recorded shape, which for
+            # an imported model is whatever the model declared: replace those by the computed
+            # ones (unknown where inference cannot tell), so a wrong declaration is never baked
+            # into a constant.
+            shapes, dtypes = computed_shapes(graph)
+            inputs = {id(t) for t in graph.inputs}
+            for tensor in graph.tensors().values():
+                if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
+                    tensor.dtype = tensor.dtype or dtypes.get(tensor.name)
+                    tensor.shape = shapes.get(tensor.name) if tensor.dtype else None
         # onnx-graphsurgeon evaluates the constant subgraph with ONNX Runtime; when that fails
         # (an op ORT cannot run) it logs and leaves the graph as it was, which is still correct.
         graph.fold_constants(
