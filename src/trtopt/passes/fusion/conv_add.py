@@ -22,6 +22,15 @@ def per_channel(values: np.ndarray, channels: int, rank: int) -> np.ndarray | st
     return np.broadcast_to(values.reshape(-1), (channels,)).astype(np.float64)
 
 
+def check_per_channel_constant(match: Match) -> str | None:
+    """Why a Conv (weight ``w``) followed by an elementwise constant ``c`` cannot fold."""
+    w, c = match.value("w"), match.value("c")
+    if not np.issubdtype(w.dtype, np.floating) or c.dtype != w.dtype:
+        return f"dtypes differ or are not floating point ({w.dtype}, {c.dtype})"
+    found = per_channel(c, w.shape[0], w.ndim)
+    return found if isinstance(found, str) else None
+
+
 @register_pass("fuse-conv-add")
 class FuseConvAdd(Fusion):
     """Fold a per-channel constant added to a Conv output into the Conv bias (any opset)."""
@@ -29,11 +38,7 @@ class FuseConvAdd(Fusion):
     pattern = PATTERN
 
     def check(self, match: Match, graph: gs.Graph) -> str | None:
-        w = match.value("w")
-        if not np.issubdtype(w.dtype, np.floating) or match.value("c").dtype != w.dtype:
-            return f"dtypes differ or are not floating point ({w.dtype}, {match.value('c').dtype})"
-        found = per_channel(match.value("c"), w.shape[0], w.ndim)
-        return found if isinstance(found, str) else None
+        return check_per_channel_constant(match)
 
     def rewrite(self, match: Match, graph: gs.Graph) -> None:
         conv, w = match["conv"], match.value("w")

@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .conv_add import per_channel
+from .conv_add import check_per_channel_constant, per_channel
 from .pattern import Const, Fusion, Match, Op, Opt, Var, const, replace_root
 
 PATTERN = Op("Mul", Op("Conv", Var("x"), Const("w"), Opt(Const("b")), name="conv"), Const("c"))
@@ -19,11 +19,7 @@ class FuseConvMul(Fusion):
     pattern = PATTERN
 
     def check(self, match: Match, graph: gs.Graph) -> str | None:
-        w = match.value("w")
-        if not np.issubdtype(w.dtype, np.floating) or match.value("c").dtype != w.dtype:
-            return f"dtypes differ or are not floating point ({w.dtype}, {match.value('c').dtype})"
-        found = per_channel(match.value("c"), w.shape[0], w.ndim)
-        return found if isinstance(found, str) else None
+        return check_per_channel_constant(match)
 
     def rewrite(self, match: Match, graph: gs.Graph) -> None:
         conv, w = match["conv"], match.value("w")
