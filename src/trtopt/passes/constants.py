@@ -6,7 +6,7 @@ import onnx_graphsurgeon as gs
 from pydantic import ByteSize
 
 from .base import Pass, PassContext, PassOptions
-from .fusion.pattern import computed_shapes
+from .graph_shapes import computed_shapes
 from .registry import register_pass
 
 

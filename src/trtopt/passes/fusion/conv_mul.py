@@ -6,8 +6,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
+from .base import Fusion
 from .conv_add import check_per_channel_constant, per_channel
-from .pattern import Const, Fusion, Match, Op, Opt, Var, const, replace_root
+from .edit import const, replace_root
+from .pattern import Const, Match, Op, Opt, Var
 
 PATTERN = Op("Mul", Op("Conv", Var("x"), Const("w"), Opt(Const("b")), name="conv"), Const("c"))
 

@@ -6,8 +6,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
+from .base import Fusion
 from .conv_bn import bn_affine, bn_refusal
-from .pattern import Const, Fusion, Match, Op, Opt, Var, const, replace_root
+from .edit import const, replace_root
+from .pattern import Const, Match, Op, Opt, Var
 
 PATTERN = Op(
     "BatchNormalization",

@@ -8,8 +8,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..base import Pass, PassContext
+from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
-from .pattern import invalidate_shapes
 
 # Ops whose two evaluations on the same inputs may differ.
 NONDETERMINISTIC = frozenset(

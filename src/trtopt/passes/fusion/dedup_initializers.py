@@ -8,9 +8,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..base import Pass, PassContext
+from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
 from .cse import redirect
-from .pattern import invalidate_shapes
 
 
 @register_pass("dedup-initializers")

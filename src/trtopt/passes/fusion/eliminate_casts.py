@@ -7,7 +7,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import Fusion, Match, OneOf, Op, Var, bypass_refusal, replace_by, replace_root
+from .base import Fusion
+from .edit import bypass_refusal, replace_by, replace_root
+from .pattern import Match, OneOf, Op, Var
 
 PATTERN = OneOf(
     Op("Cast", Op("Cast", Var("x"), name="first"), name="second"),

@@ -6,7 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import Const, Fusion, Match, OneOf, Op, Var, bypass_refusal, replace_by
+from .base import Fusion
+from .edit import bypass_refusal, replace_by
+from .pattern import Const, Match, OneOf, Op, Var
 
 PATTERN = OneOf(
     Op("Expand", Var("x"), Const("shape"), name="op"),

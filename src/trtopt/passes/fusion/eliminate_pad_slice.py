@@ -6,7 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import Const, Fusion, Match, OneOf, Op, Opt, Var, bypass_refusal, replace_by
+from .base import Fusion
+from .edit import bypass_refusal, replace_by
+from .pattern import Const, Match, OneOf, Op, Opt, Var
 
 # A Slice end at or past this is "to the end" whatever the dim (exporters write INT64_MAX).
 TO_THE_END = 2**31 - 1

@@ -6,18 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import (
-    Const,
-    Fusion,
-    Match,
-    OneOf,
-    Op,
-    Opt,
-    Var,
-    bypass_refusal,
-    replace_by,
-    replace_root,
-)
+from .base import Fusion
+from .edit import bypass_refusal, replace_by, replace_root
+from .pattern import Const, Match, OneOf, Op, Opt, Var
 
 RESHAPING = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 PATTERN = OneOf(

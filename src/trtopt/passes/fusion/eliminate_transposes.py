@@ -5,7 +5,9 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import Fusion, Match, Op, Var, bypass_refusal, replace_by, replace_root
+from .base import Fusion
+from .edit import bypass_refusal, replace_by, replace_root
+from .pattern import Match, Op, Var
 
 PATTERN = Op("Transpose", Op("Transpose", Var("x"), name="first"), name="second")
 

@@ -6,19 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import (
-    Const,
-    Fusion,
-    Match,
-    OneOf,
-    Op,
-    Opt,
-    Var,
-    bypass_refusal,
-    const,
-    replace_by,
-    replace_root,
-)
+from .base import Fusion
+from .edit import bypass_refusal, const, replace_by, replace_root
+from .pattern import Const, Match, OneOf, Op, Opt, Var
 
 # The first node may feed others too: rewriting the second never duplicates work.
 _X, _A1 = Var("x"), Opt(Const("a1"))

@@ -9,9 +9,9 @@ from pydantic import field_validator
 
 from ...errors import did_you_mean
 from ..base import Pass, PassContext, PassOptions
+from ..graph_shapes import SHARED_SHAPES, invalidate_shapes
 from ..registry import get_pass, register_pass
 from . import CATALOGUE
-from .pattern import SHARED_SHAPES, invalidate_shapes
 from .simplify_shapes import fold_small_constants
 
 MAX_ROUNDS = 4

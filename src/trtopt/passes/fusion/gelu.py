@@ -8,7 +8,10 @@ import onnx_graphsurgeon as gs
 
 from ..base import PassContext, PassOptions
 from ..registry import register_pass
-from .pattern import Const, Fusion, Match, OneOf, Op, Var, raise_opset, replace_root
+from .base import Fusion
+from .edit import replace_root
+from .opset import raise_opset
+from .pattern import Const, Match, OneOf, Op, Var
 
 MIN_OPSET = 20
 RTOL = 1e-4  # the constants must be the GELU constants, up to float32 rounding

@@ -7,7 +7,10 @@ import onnx_graphsurgeon as gs
 
 from ..base import PassContext, PassOptions
 from ..registry import register_pass
-from .pattern import Const, Fusion, Match, OneOf, Op, Opt, Var, const, raise_opset, replace_root
+from .base import Fusion
+from .edit import const, replace_root
+from .opset import raise_opset
+from .pattern import Const, Match, OneOf, Op, Opt, Var
 
 MIN_OPSET = 17
 

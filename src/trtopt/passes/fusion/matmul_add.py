@@ -6,7 +6,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..registry import register_pass
-from .pattern import Const, Fusion, Match, Op, Var, replace_root
+from .base import Fusion
+from .edit import replace_root
+from .pattern import Const, Match, Op, Var
 
 PATTERN = Op("Add", Op("MatMul", Var("a"), Const("w"), name="matmul"), Const("c"))
 

@@ -6,23 +6,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..base import PassContext
+from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
+from .base import Fusion
 from .cse import redirect
-from .pattern import (
-    Bindings,
-    Const,
-    Fusion,
-    Match,
-    OneOf,
-    Op,
-    Opt,
-    Var,
-    const,
-    constant_value,
-    invalidate_shapes,
-    match_tensor,
-    replace_root,
-)
+from .edit import const, replace_root
+from .pattern import Bindings, Const, Match, OneOf, Op, Opt, Var, constant_value, match_tensor
 
 FOLD_LIMIT = 1 << 20  # bytes: shape arithmetic is tiny; never grow the model while folding it
 

@@ -1,0 +1,53 @@
+"""The model's opset, and raising it where no node changes meaning (for fusions into newer
+ops)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx_graphsurgeon as gs
+
+
+def opset(graph: gs.Graph) -> int:
+    """The model's default-domain opset."""
+    for entry in graph.import_domains or []:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return int(graph.opset)
+
+
+# Ops whose meaning changes when a model's opset is raised across the given version: attribute
+# defaults or values that differ, or attributes that became inputs (read from the ONNX changelog).
+_CHANGES_AT = {
+    16: {"RoiAlign"},
+    18: {f"Reduce{r}" for r in ("L1", "L2", "LogSum", "LogSumExp", "Max", "Mean", "Min", "Prod")}
+    | {"ReduceSumSquare"},
+    20: {"GridSample", "DFT"},
+}
+
+
+def raise_opset(graph: gs.Graph, target: int) -> str | None:
+    """Raise the default-domain opset to ``target`` when that changes no node's meaning;
+    returns why not otherwise. Only opsets from 13 on are raised (older ones changed too much)."""
+    current = opset(graph)
+    if current >= target:
+        return None
+    if current < 13:
+        return f"the model's opset {current} is below 13"
+    changed = set().union(*(ops for v, ops in _CHANGES_AT.items() if current < v <= target))
+    for node in _all_nodes(graph):
+        if node.domain in (None, "", "ai.onnx") and node.op in changed:
+            return f"'{node.name}' ({node.op}) changes meaning between opset {current} and {target}"
+    graph.opset = target
+    for entry in graph.import_domains or []:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = target
+    return None
+
+
+def _all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
+    for node in graph.nodes:
+        yield node
+        for value in node.attrs.values():
+            if isinstance(value, gs.Graph):
+                yield from _all_nodes(value)
