@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -120,7 +121,11 @@ def load_page(chromium: str, page: Path, expression: str, width: int = 1200) -> 
     to_chrome_r, to_chrome_w = os.pipe()
     from_chrome_r, from_chrome_w = os.pipe()
     to_chrome_r, from_chrome_w = _high(to_chrome_r), _high(from_chrome_w)
-    with tempfile.TemporaryDirectory(prefix="trtopt-chromium-") as profile:
+    # Chromium's helper processes may still be writing the profile as it exits: its process
+    # group is stopped as a whole, and a late write cannot fail the cleanup.
+    with tempfile.TemporaryDirectory(
+        prefix="trtopt-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         command = [chromium, *FLAGS, f"--user-data-dir={profile}", "about:blank"]
         # Chromium reads commands on fd 3 and writes answers on fd 4: the child moves the
         # pipe ends there (they sit above 9, so neither move overwrites the other).
@@ -133,6 +138,7 @@ def load_page(chromium: str, page: Path, expression: str, width: int = 1200) -> 
             command,
             pass_fds=(3, 4),
             preexec_fn=move_fds,  # a test helper: no threads to upset
+            start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -172,9 +178,9 @@ def load_page(chromium: str, page: Path, expression: str, width: int = 1200) -> 
         finally:
             os.close(to_chrome_w)
             os.close(from_chrome_r)
-            process.terminate()
+            os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
                 process.wait()

@@ -61,7 +61,9 @@ def test_quickstart_compiles_with_summary_and_report(tmp_path):
     )
     assert report["passes"][0]["nodes_before"] == 29
     assert report["passes"][-1]["nodes_after"] < 29
-    assert report["latency"]["artifact"]["p90_ms"] >= report["latency"]["artifact"]["median_ms"]
+    artifact = report["latency"]["artifact"]
+    assert artifact["p99_ms"] >= artifact["p90_ms"] >= artifact["median_ms"] > 0
+    assert artifact["throughput_per_s"] == pytest.approx(4 * 1e3 / artifact["median_ms"])
 
 
 def test_compile_set_override_and_default_output(tmp_path):

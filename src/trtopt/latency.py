@@ -1,4 +1,5 @@
-"""Latency of Polygraphy runners on one feed: median and p90 over a stated number of runs."""
+"""Latency of Polygraphy runners on one feed: median, p90, p99 and throughput over a stated
+number of runs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ def interleaved(
     runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], runs: int
 ) -> dict[str, dict[str, float]]:
     """Milliseconds per ``infer`` for activated runners, measured in alternating rounds so that
-    machine noise hits each alike."""
+    machine noise hits each alike. Throughput counts the feed's leading (batch) dim per run."""
+    first = next(iter(feed.values()), None)
+    batch = int(first.shape[0]) if first is not None and first.ndim else 1
     samples: dict[str, list[float]] = {name: [] for name in runners}
     for runner in runners.values():
         for _ in range(WARMUP_RUNS):
@@ -29,6 +32,8 @@ def interleaved(
             "runs": runs,
             "median_ms": float(np.median(times)),
             "p90_ms": float(np.percentile(times, 90)),
+            "p99_ms": float(np.percentile(times, 99)),
+            "throughput_per_s": batch * 1e3 / float(np.median(times)),
             # Every run, for the latency distribution in report.html.
             "samples_ms": [round(t, 4) for t in times],
         }

@@ -94,11 +94,12 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## Latency (ONNX Runtime CPU, {latency['runs']} runs)",
             "",
-            "| model | median ms | p90 ms |",
-            "|---|---:|---:|",
+            "| model | median ms | p90 ms | p99 ms | throughput /s |",
+            "|---|---:|---:|---:|---:|",
             *(
-                f"| {who} | {latency[who]['median_ms']:.3f} | {latency[who]['p90_ms']:.3f} |"
-                for who in ("reference", "artifact")
+                f"| {who} | {t['median_ms']:.3f} | {t['p90_ms']:.3f} | {t['p99_ms']:.3f} | "
+                f"{t['throughput_per_s']:.1f} |"
+                for who, t in ((w, latency[w]) for w in ("reference", "artifact"))
             ),
         ]
     return "\n".join(lines) + "\n"
