@@ -10,9 +10,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..base import Pass, PassContext
+from ..base import Pass, PassContext, PassOptions
 from ..graph_shapes import SHAPE_CACHE, SHARED_SHAPES, computed_shapes, invalidate_shapes
-from .opset import opset
+from .opset import opset, raise_opset
 from .pattern import Match, OneOf, Op, constant_value, find, root_ops
 
 MAX_ROUNDS = 8
@@ -118,3 +118,23 @@ class Fusion(Pass):
         if self.rewrites:
             ctx.log.info("%s: %d rewrite(s)", self.name, self.rewrites)
         return graph
+
+
+class OpsetRaisingFusion(Fusion):
+    """A fusion into an op newer than many models' opset: it may raise the model's opset to
+    ``min_opset`` first, when asked and when that changes no node's meaning."""
+
+    # Ops whose presence means the pattern may occur (raising the opset is pointless otherwise).
+    hint_ops: ClassVar[frozenset[str]] = frozenset()
+
+    class Options(PassOptions):
+        upgrade_opset: bool = False
+        """Raise a model's opset (from 13 on) to the one this fusion needs, when no op in the
+        model changes meaning in between; off: older models are left as they are."""
+
+    def prepare(self, graph: gs.Graph, ctx: PassContext) -> str | None:
+        if self.options.upgrade_opset and any(n.op in self.hint_ops for n in graph.nodes):
+            reason = raise_opset(graph, self.min_opset)
+            if reason:
+                return f"cannot raise the opset to {self.min_opset}: {reason}"
+        return super().prepare(graph, ctx)

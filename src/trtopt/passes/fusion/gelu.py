@@ -6,11 +6,9 @@ import math
 
 import onnx_graphsurgeon as gs
 
-from ..base import PassContext, PassOptions
 from ..registry import register_pass
-from .base import Fusion
+from .base import OpsetRaisingFusion
 from .edit import replace_root
-from .opset import raise_opset
 from .pattern import Const, Match, OneOf, Op, Var
 
 MIN_OPSET = 20
@@ -57,31 +55,16 @@ PATTERN = OneOf(_gelu(_ERF_CDF), _gelu(_TANH_CDF))
 
 
 @register_pass("fuse-gelu")
-class FuseGelu(Fusion):
+class FuseGelu(OpsetRaisingFusion):
     """Fuse GELU's erf form and tanh approximation into Gelu (needs opset 20).
 
     0.5*x*(1+erf(x/sqrt 2)) and 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3))), in every order
     the exporters multiply them. Below opset 20 it is skipped unless ``upgrade_opset``."""
 
-    class Options(PassOptions):
-        upgrade_opset: bool = False
-        """Raise a model's opset (13 to 19) to 20 to allow the fusion, when no op in the model
-        changes meaning in between; off: models below opset 20 are left as they are."""
-
     pattern = PATTERN
     min_opset = MIN_OPSET
-
-    def prepare(self, graph: gs.Graph, ctx: PassContext) -> str | None:
-        if self.options.upgrade_opset and _has_pattern(graph):
-            reason = raise_opset(graph, MIN_OPSET)
-            if reason:
-                return f"cannot raise the opset to {MIN_OPSET}: {reason}"
-        return super().prepare(graph, ctx)
+    hint_ops = frozenset({"Erf", "Tanh"})
 
     def rewrite(self, match: Match, graph: gs.Graph) -> None:
         attrs = {"approximate": "tanh"} if "tanh" in match else {}
         replace_root(graph, match, "Gelu", [match["x"]], attrs)
-
-
-def _has_pattern(graph: gs.Graph) -> bool:
-    return any(node.op in ("Erf", "Tanh") for node in graph.nodes)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from ..base import PassContext, PassOptions
 from ..registry import register_pass
-from .base import Fusion
+from .base import OpsetRaisingFusion
 from .edit import const, replace_root
-from .opset import raise_opset
 from .pattern import Const, Match, OneOf, Op, Opt, Var
 
 MIN_OPSET = 17
@@ -35,27 +33,16 @@ def _axes(match: Match, key: str, node: gs.Node) -> list[int] | None:
 
 
 @register_pass("fuse-layernorm")
-class FuseLayerNorm(Fusion):
+class FuseLayerNorm(OpsetRaisingFusion):
     """Fuse the decomposed layer norm into LayerNormalization (needs opset 17).
 
     ReduceMean/Sub/Pow/ReduceMean/Add/Sqrt/Div(/Mul/Add), with Mul(d, d) for Pow and
     Mul(Reciprocal) for Div as exporters write them. Below opset 17 it is skipped unless
     ``upgrade_opset``."""
 
-    class Options(PassOptions):
-        upgrade_opset: bool = False
-        """Raise a model's opset (13 to 16) to 17 to allow the fusion, when no op in the model
-        changes meaning in between; off: models below opset 17 are left as they are."""
-
     pattern = PATTERN
     min_opset = MIN_OPSET
-
-    def prepare(self, graph: gs.Graph, ctx: PassContext) -> str | None:
-        if self.options.upgrade_opset and _has_pattern(graph):
-            reason = raise_opset(graph, MIN_OPSET)
-            if reason:
-                return f"cannot raise the opset to {MIN_OPSET}: {reason}"
-        return super().prepare(graph, ctx)
+    hint_ops = frozenset({"ReduceMean"})
 
     def _normalized(self, match: Match) -> tuple[int, list[int]] | str:
         """(first axis, normalized dims) of a matched layer norm, or why it is not one."""
@@ -123,7 +110,3 @@ class FuseLayerNorm(Fusion):
         eps = float(match.value("eps").reshape(-1)[0])
         attrs = {"axis": axis, "epsilon": eps}
         replace_root(graph, match, "LayerNormalization", inputs, attrs, name=name)
-
-
-def _has_pattern(graph: gs.Graph) -> bool:
-    return any(node.op == "ReduceMean" for node in graph.nodes)
