@@ -1,13 +1,10 @@
-"""Input feeds for checks: synthetic (Polygraphy's DataLoader) or .npz files, validated
-against the model's inputs before any work is done."""
+"""Model inputs and feeds: synthetic ones from Polygraphy's DataLoader, and the validation of
+any feed against the model's inputs before work is done."""
 
 from __future__ import annotations
 
-import glob
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -75,25 +72,13 @@ def synthetic_feeds(
     return [dict(loader[i]) for i in range(samples)]
 
 
-def npz_feeds(pattern: str, samples: int) -> list[Feed]:
-    """One feed per .npz file matching ``pattern`` (sorted), at most ``samples`` of them."""
-    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    if not paths or not Path(paths[0]).is_file():
-        raise DataError("no .npz data file found", pattern)
-    feeds = []
-    for path in paths[:samples]:
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                feeds.append({name: archive[name] for name in archive.files})
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-            raise DataError(f"not a readable .npz file: {error}", path) from None
-    return feeds
-
-
-def validate_feeds(feeds: Sequence[Feed], inputs: Sequence[InputInfo], source: str) -> None:
-    """Names, dtypes, ranks and fixed dims of every feed must match the model's inputs."""
+def validate_feeds(
+    feeds: Sequence[Feed], inputs: Sequence[InputInfo], source: str, first: int = 0
+) -> None:
+    """Names, dtypes, ranks and fixed dims of every feed must match the model's inputs;
+    errors number the feeds from ``first``."""
     expected = {info.name: info for info in inputs}
-    for index, feed in enumerate(feeds):
+    for index, feed in enumerate(feeds, start=first):
         where = f"{source} (sample {index})"
         missing = [name for name in expected if name not in feed]
         unknown = [name for name in feed if name not in expected]

@@ -171,7 +171,7 @@ class DataSet:
         for index, feed in enumerate(self._raw_feeds()):
             if left is not None and left <= 0:
                 return
-            validate_feeds([feed], self.inputs, f"{self.describe()} (feed {index})")
+            validate_feeds([feed], self.inputs, self.describe(), first=index)
             if left is not None:
                 rows = _rows(feed)
                 if rows > left:
