@@ -200,8 +200,7 @@ def update_golden(
     infos = feeds_mod.model_inputs(source)
     with _quiet_polygraphy():
         if recipe.data.validation is not None:
-            ranges = {n: s.range for n, s in recipe.inputs.items() if s.range}
-            data_set = DataSet(recipe.data.validation, infos, check.dims, ranges)
+            data_set = DataSet(recipe.data.validation, infos, check.dims, recipe.input_ranges())
             data, provenance = data_set.take(count), f"data.validation: {data_set.describe()}"
         else:
             resized = check.model_copy(update={"samples": count})

@@ -221,16 +221,12 @@ def _check_feeds(recipe: Recipe, model: onnx.ModelProto) -> tuple[list[feeds.Fee
     """The check inputs and a description of where they came from."""
     infos = feeds.model_inputs(model)
     check = recipe.check
+    ranges = recipe.input_ranges()
     if check.data.kind != "synthetic":
-        source = DataSet(check.data, infos, check.dims, _ranges(recipe))
+        source = DataSet(check.data, infos, check.dims, ranges)
         return source.take(check.samples), check.data.describe()
-    ranges = {name: spec.range for name, spec in recipe.inputs.items() if spec.range}
     data = feeds.synthetic_feeds(infos, check.samples, check.seed, check.dims, ranges)
     return data, f"synthetic (seed {check.seed})"
-
-
-def _ranges(recipe: Recipe) -> dict[str, tuple[float, float]]:
-    return {name: spec.range for name, spec in recipe.inputs.items() if spec.range}
 
 
 def _pass_data(
@@ -241,10 +237,10 @@ def _pass_data(
     calibration feed is read when a pass needs it, so bad data fails before any work."""
     infos = feeds.model_inputs(model)
     spec = recipe.data.calibration or DataSource(synthetic=SyntheticSource(seed=recipe.check.seed))
-    calibration = DataSet(spec, infos, recipe.check.dims, _ranges(recipe))
+    calibration = DataSet(spec, infos, recipe.check.dims, recipe.input_ranges())
     validation = check_feeds
     if recipe.data.validation is not None:
-        source = DataSet(recipe.data.validation, infos, recipe.check.dims, _ranges(recipe))
+        source = DataSet(recipe.data.validation, infos, recipe.check.dims, recipe.input_ranges())
         validation = list(source.feeds())
     return calibration, validation
 

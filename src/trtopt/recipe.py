@@ -335,6 +335,10 @@ class Recipe(Strict):
                 return place
         return ".".join(str(p) for p in path) or "recipe"
 
+    def input_ranges(self) -> dict[str, tuple[float, float]]:
+        """The synthetic value range of each input that sets one."""
+        return {name: spec.range for name, spec in self.inputs.items() if spec.range}
+
     def output_dir(self) -> Path:
         return Path(self.output or Path("build") / self.name)
 
