@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EXIT_ACCURACY, EXIT_OK, UserError
+from .report import format_value
 
 DEFAULT_MARGIN = 0.1
 """A metric may get 10% worse (in error space) before it counts as a regression."""
@@ -86,11 +87,7 @@ class DiffResult:
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    return format_value(value, 6)
 
 
 def load_report(path: str | Path) -> dict[str, Any]:

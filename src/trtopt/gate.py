@@ -26,6 +26,7 @@ from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from .golden import Golden, GoldenError, load_golden
 from .model import model_sha256
 from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds
+from .report import format_value
 
 CHECK_SCHEMA_VERSION = 1
 ONNX_ARTIFACT = "model.onnx"
@@ -331,7 +332,7 @@ def _cells(value: Any, check_: Mapping[str, Any] | None) -> tuple[str, str, str]
 
 
 def _num(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
+    return format_value(value, 6)
 
 
 __all__: Sequence[str] = [

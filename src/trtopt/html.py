@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .report import format_value
+
 SCATTER_POINTS = 4000
 """Most points a scatter plot draws (an even stride through the values): enough to see the
 shape of the error, few enough to keep the page small."""
@@ -170,11 +172,7 @@ def _e(value: Any) -> str:
 
 
 def _num(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return _e(value)
+    return _e(format_value(value, 6))
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -36,11 +36,12 @@ def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "report.md").write_text(markdown(report))
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any, digits: int = 4) -> str:
+    """A metric or setting for people: floats to ``digits`` significant digits, None as '-'."""
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -86,8 +87,8 @@ def markdown(report: dict[str, Any]) -> str:
                 continue
             check = gated.get(metric)
             verdict = ("pass" if check["passed"] else "**FAIL**") if check else "not gated"
-            limit = _fmt(check["limit"]) if check else "-"
-            lines.append(f"| {name} | {metric} | {_fmt(value)} | {limit} | {verdict} |")
+            limit = format_value(check["limit"]) if check else "-"
+            lines.append(f"| {name} | {metric} | {format_value(value)} | {limit} | {verdict} |")
     latency = report.get("latency")
     if latency:
         lines += [
