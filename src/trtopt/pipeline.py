@@ -264,8 +264,26 @@ def _verify_stage(
     path = scratch / "stage.onnx"
     save_model(_to_model(graph.copy(), like), path)
     outputs = accuracy.run(OnnxrtRunner(session_loader(path), name="stage"), data)
-    class_scores = {n for n, s in recipe.check.outputs.items() if s.class_scores}
-    return accuracy.compare(reference.outputs, outputs, recipe.check.thresholds_for, class_scores)
+    return _compare(reference.outputs, outputs, recipe)
+
+
+def _compare(
+    reference: accuracy.Outputs,
+    candidate: accuracy.Outputs,
+    recipe: Recipe,
+    baseline: dict[str, dict[str, Any]] | None = None,
+) -> accuracy.AccuracyResult:
+    """Judge outputs by the recipe's check settings: every stage and the artifact alike."""
+    settings = gate.GateSettings.from_recipe(recipe)
+    return accuracy.compare(
+        reference,
+        candidate,
+        settings.thresholds_for,
+        settings.class_scores,
+        quantile=settings.quantile,
+        top_k=settings.top_k,
+        baseline=baseline,
+    )
 
 
 def _run_passes(
@@ -464,19 +482,11 @@ def _compile(
                 candidate = backend.runner(build)
             else:  # the artifact cannot run here: check the final graph it was built from
                 candidate = OnnxrtRunner(session_loader(staging / "model.onnx"), name="artifact")
-            settings = gate.GateSettings.from_recipe(recipe)
             candidate_outputs = accuracy.run(candidate, data)
-            result = accuracy.compare(
-                reference.outputs,
-                candidate_outputs,
-                settings.thresholds_for,
-                settings.class_scores,
-                quantile=settings.quantile,
-                top_k=settings.top_k,
-                baseline=gate.baseline_metrics(recipe.check.baseline, golden=False)
-                if recipe.check.baseline
-                else None,
-            )
+            baseline = None
+            if recipe.check.baseline:
+                baseline = gate.baseline_metrics(recipe.check.baseline, golden=False)
+            result = _compare(reference.outputs, candidate_outputs, recipe, baseline)
             golden_check = None
             if golden is not None:
                 say("check golden outputs")
