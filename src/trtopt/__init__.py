@@ -19,6 +19,7 @@ from .errors import (
     TrtoptError,
     UserError,
 )
+from .farm import compile_on_ray
 from .gate import CheckResult, check, format_check
 from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden, update_golden
 from .html import output_pairs, write_html
@@ -58,6 +59,7 @@ __all__ = [
     "check",
     "compile",
     "compile_many",
+    "compile_on_ray",
     "diff_reports",
     "format_check",
     "json_schema",

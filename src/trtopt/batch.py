@@ -10,8 +10,12 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
 
 
 @dataclass
@@ -29,7 +33,9 @@ class BatchResult:
 
 
 @dataclass
-class _Job:
+class Job:
+    """One recipe of a batch: where it is, where it goes, how it is compiled."""
+
     recipe: str
     output_dir: str | None
     overrides: list[str]
@@ -42,44 +48,44 @@ def worst_exit_code(results: Sequence[BatchResult]) -> int:
     return max((r.exit_code for r in results), default=0)
 
 
-def _output_dirs(
+def prepare(
     recipes: Sequence[str | Path], output_dir: str | Path | None, overrides: list[str]
-) -> tuple[list[str | None], list[BatchResult]]:
-    """Each recipe's output folder (``output_dir/<name>`` when given), and the recipes that
-    fail before compiling: unloadable, or writing the same folder as an earlier one."""
+) -> list[tuple[Recipe, str] | BatchResult]:
+    """Each recipe loaded, with its output folder (``output_dir/<name>`` when given), or the
+    result of one that fails before compiling: unloadable, or writing the same folder as an
+    earlier one."""
     from .recipe import load_recipe
 
-    outputs: list[str | None] = []
-    failed: list[BatchResult] = []
+    prepared: list[tuple[Recipe, str] | BatchResult] = []
     seen: dict[Path, str] = {}
     for path in recipes:
         try:
             recipe = load_recipe(path, overrides)
         except TrtoptError as error:
-            outputs.append(None)
-            failed.append(BatchResult(str(path), error.exit_code, "error", None, 0.0, str(error)))
+            prepared.append(BatchResult(str(path), error.exit_code, "error", None, 0.0, str(error)))
             continue
         out = Path(output_dir) / recipe.name if output_dir is not None else recipe.output_dir()
         out = out.resolve()
         if out in seen:
-            outputs.append(None)
             message = f"writes the same output folder as {seen[out]} ({out})"
-            failed.append(BatchResult(str(path), EXIT_USER, "error", str(out), 0.0, message))
+            prepared.append(BatchResult(str(path), EXIT_USER, "error", str(out), 0.0, message))
             continue
         seen[out] = str(path)
-        outputs.append(str(out))
-    return outputs, failed
+        prepared.append((recipe, str(out)))
+    return prepared
 
 
-def _run(job: _Job) -> BatchResult:
+def run(job: Job, recipe: Recipe | None = None) -> BatchResult:
+    """Compile one recipe of a batch into a result; never raises for the recipe's own failure.
+    ``recipe``: the recipe already loaded (``job.recipe`` then only names it)."""
     from .pipeline import compile
 
     start = time.perf_counter()
     try:
         result = compile(
-            job.recipe,
+            recipe if recipe is not None else job.recipe,
             output_dir=job.output_dir,
-            overrides=job.overrides,
+            overrides=None if recipe is not None else job.overrides,
             cache_dir=job.cache_dir,
             use_cache=job.use_cache,
         )
@@ -133,22 +139,20 @@ def compile_many(
     goes where its recipe says. ``progress`` is called as each recipe finishes.
     """
     overrides = list(overrides or [])
-    outputs, failed = _output_dirs(recipes, output_dir, overrides)
     results: dict[int, BatchResult] = {}
-    pending: list[tuple[int, _Job]] = []
-    failed_iter = iter(failed)
-    for index, (path, out) in enumerate(zip(recipes, outputs)):
-        if out is None:
-            results[index] = next(failed_iter)
+    pending: list[tuple[int, Job]] = []
+    cache = str(cache_dir) if cache_dir is not None else None
+    for index, (path, item) in enumerate(zip(recipes, prepare(recipes, output_dir, overrides))):
+        if isinstance(item, BatchResult):
+            results[index] = item
         else:
-            cache = str(cache_dir) if cache_dir is not None else None
-            pending.append((index, _Job(str(path), out, overrides, cache, use_cache)))
+            pending.append((index, Job(str(path), item[1], overrides, cache, use_cache)))
     report = progress or (lambda result: None)
     for result in results.values():
         report(result)
     if jobs <= 1 or len(pending) <= 1:
         for index, job in pending:
-            results[index] = _run(job)
+            results[index] = run(job)
             report(results[index])
     else:
         _pool(pending, min(jobs, len(pending)), results, report)
@@ -156,7 +160,7 @@ def compile_many(
 
 
 def _pool(
-    pending: list[tuple[int, _Job]],
+    pending: list[tuple[int, Job]],
     workers: int,
     results: dict[int, BatchResult],
     report: Callable[[BatchResult], None],
@@ -167,7 +171,7 @@ def _pool(
     context = multiprocessing.get_context("spawn")
     executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init)
     try:
-        futures = {executor.submit(_run, job): index for index, job in pending}
+        futures = {executor.submit(run, job): index for index, job in pending}
         for future in as_completed(futures):
             index = futures[future]
             try:

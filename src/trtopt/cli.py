@@ -26,6 +26,8 @@ def _progress(message: str) -> None:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     cache = {"cache_dir": args.cache_dir, "use_cache": not args.no_cache}
+    if args.ray is not None:
+        return _compile_on_ray(args, cache)
     if len(args.recipe) == 1:
         result = trtopt.compile(
             args.recipe[0], output_dir=args.output, overrides=args.set, progress=_progress, **cache
@@ -34,9 +36,33 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return result.exit_code
     results = trtopt.compile_many(
         args.recipe,
-        jobs=args.jobs,
+        jobs=args.jobs if args.jobs is not None else 1,
         output_dir=args.output,
         overrides=args.set,
+        progress=lambda done: _progress(f"{done.recipe}: {done.verdict}"),
+        **cache,
+    )
+    print(trtopt.summary_table(results))
+    return trtopt.worst_exit_code(results)
+
+
+def _compile_on_ray(args: argparse.Namespace, cache: dict) -> int:
+    if args.jobs is not None:
+        raise trtopt.UserError(
+            "--jobs sets local processes; with --ray the cluster's resources decide how many "
+            "recipes run at once: drop one of them",
+            "--jobs",
+        )
+    overrides, output = list(args.set), args.output
+    if len(args.recipe) == 1 and output is not None:
+        # One recipe: -o names its folder, as without --ray (a batch puts each in -o/<name>).
+        overrides.append(f"output={json.dumps(output)}")
+        output = None
+    results = trtopt.compile_on_ray(
+        args.recipe,
+        args.ray,
+        output_dir=output,
+        overrides=overrides,
         progress=lambda done: _progress(f"{done.recipe}: {done.verdict}"),
         **cache,
     )
@@ -214,7 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--set", **overrides)
     sub.add_argument(
-        "-j", "--jobs", type=int, default=1, help="recipes compiled at once (processes)"
+        "-j", "--jobs", type=int, help="recipes compiled at once (local processes; default 1)"
+    )
+    sub.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run each recipe as a task on the Ray cluster at ADDRESS (the head's HOST:PORT, "
+        "or auto); needs pip install 'trtopt[ray]'",
     )
     sub.add_argument("--cache-dir", **cache_dir)
     sub.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")

@@ -128,6 +128,9 @@ class TensorrtOptions(TensorrtCommonOptions):
         Literal["none", "ampere_plus", "same_compute_capability"] | None
     ) = None
     """Build for GPUs other than the build GPU: ampere_plus runs on any Ampere or later."""
+    gpu: Annotated[str, Field(min_length=1)] | None = None
+    """With `--ray`: the GPU model to build on, as Ray's accelerator type (e.g. H100, A10G,
+    L4), so the engine is tuned on the GPU it will run on; null: any GPU of the cluster."""
 
 
 def _compute_capability(value: Any) -> str:
