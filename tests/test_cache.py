@@ -123,6 +123,23 @@ def test_data_joins_the_key_only_of_passes_that_read_it(tmp_path, write_recipe):
     assert result.report["passes"][1]["details"] == {"feeds": 2}
 
 
+def test_large_models_keep_only_the_stages_of_passes_that_read_data(
+    tmp_path, write_recipe, monkeypatch
+):
+    """Writing a multi-GiB stage costs more than recomputing a pass that reads no data."""
+    from trtopt import pipeline
+
+    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_THRESHOLD", 1024)  # the model counts as large
+    plugin = tmp_path / "count_feeds.py"
+    plugin.write_text(READS_FEEDS)
+    recipe = _recipe(tmp_path, passes=["cleanup", "count-feeds"], plugins=[str(plugin)])
+    trtopt.compile(write_recipe(recipe))
+    recipe["check"] = {**recipe["check"], "latency_runs": 1}  # the compile itself is a miss
+    result = trtopt.compile(write_recipe(recipe))
+    assert result.report["cache"]["compile"] == "miss"
+    assert _cached(result.report) == [False, True]
+
+
 def test_plugin_code_joins_the_key(tmp_path, write_recipe):
     plugin = tmp_path / "count_feeds.py"
     plugin.write_text(READS_FEEDS)

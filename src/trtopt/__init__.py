@@ -27,7 +27,7 @@ from .junit import junit_xml, write_junit
 from .lint import LintError, LintReport, lint_model
 from .model import load_model, save_model
 from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
-from .pipeline import CompileResult, compile, optimize
+from .pipeline import CompileResult, compile, optimize, optimize_file
 from .recipe import Recipe, json_schema, load_recipe
 
 __all__ = [
@@ -69,6 +69,7 @@ __all__ = [
     "load_model",
     "load_recipe",
     "optimize",
+    "optimize_file",
     "output_pairs",
     "prune_cache",
     "register_pass",

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .model import file_digest
 from .passes.base import PassContext
 
 log = logging.getLogger("trtopt.cache")
@@ -49,7 +50,6 @@ LAYOUT = "stages-v1"
 MANIFEST = "manifest.json"
 LEFTOVER_AGE_S = 24 * 3600
 """A ``tmp/`` leftover from another host is removed by prune only when older than this."""
-_CHUNK = 1 << 20
 _COMPUTING_PACKAGES = ("onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy", "numpy")
 
 
@@ -90,14 +90,6 @@ def digest(*parts: Any) -> str:
     """sha256 of JSON-canonical parts (sorted keys, no whitespace variance)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _file_digest(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 @cache
@@ -141,7 +133,7 @@ def code_digest(cls: type) -> str:
     path = Path(source).resolve()
     if path.is_relative_to(Path(__file__).resolve().parent):
         return "builtin"
-    return _file_digest(path) if path.is_file() else str(path)
+    return file_digest(path) if path.is_file() else str(path)
 
 
 def feeds_digest(feeds: Iterable[Mapping[str, np.ndarray]]) -> str:
@@ -159,7 +151,7 @@ def source_digest(model_files: Sequence[Path], inputs: Any) -> str:
     """Key of the graph a compile starts from: the model's files and the declared inputs."""
     hasher = hashlib.sha256()
     for path in model_files:
-        hasher.update(_file_digest(path).encode())
+        hasher.update(file_digest(path).encode())
     return digest("source", hasher.hexdigest(), inputs)
 
 
@@ -295,7 +287,7 @@ class StageCache:
                 return None
             for name, (size, sha) in manifest["files"].items():
                 file = path / "files" / name
-                if file.stat().st_size != size or _file_digest(file) != sha:
+                if file.stat().st_size != size or file_digest(file) != sha:
                     log.warning("cache entry %s is damaged (%s); ignoring it", key[:16], name)
                     return None
             os.utime(path / MANIFEST)  # recency, for prune --max-size
@@ -342,7 +334,7 @@ class StageCache:
             for file in sorted(writer.folder.iterdir()):
                 with open(file, "rb+") as handle:
                     os.fsync(handle.fileno())
-                files[file.name] = (file.stat().st_size, _file_digest(file))
+                files[file.name] = (file.stat().st_size, file_digest(file))
             manifest = {
                 "key": key,
                 "kind": writer.kind,

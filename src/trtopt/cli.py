@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -106,14 +107,20 @@ def _size(count: int) -> str:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
-    model = trtopt.optimize(args.input, passes=passes)
     out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written under the final names (a data file's name is recorded in the model) in a
+    # folder beside the output, then moved into place only once every file is complete.
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
+        staged = Path(staging) / out.name
+        files = trtopt.optimize_file(
+            args.input, staged, passes=passes, external_data=args.external_data or None
+        )
+        after = len(onnx.load(str(staged), load_external_data=False).graph.node)
+        for file in files:
+            file.replace(out.parent / file.name)
     before = len(onnx.load(args.input, load_external_data=False).graph.node)
-    staged = out.with_name(f".{out.name}.partial")
-    files = trtopt.save_model(model, staged, external_data=args.external_data or None)
-    for file in files:  # move into place only once every file is written
-        file.replace(out.parent / file.name.replace(staged.name, out.name, 1))
-    print(f"{args.input}: {before} -> {len(model.graph.node)} nodes, wrote {out}")
+    print(f"{args.input}: {before} -> {after} nodes, wrote {out}")
     return 0
 
 

@@ -195,7 +195,7 @@ def update_golden(
     check = recipe.check
     count = samples or check.golden_samples or check.samples
     model_path = Path(recipe.model)
-    source = load_model(model_path)
+    source = load_model(model_path, external_data=False)  # its inputs are what is read
     _apply_input_overrides(source, recipe)
     infos = feeds_mod.model_inputs(source)
     with _quiet_polygraphy():

@@ -39,3 +39,15 @@ def interleaved(
         }
         for name, times in samples.items()
     }
+
+
+def one_at_a_time(
+    runners: dict[str, BaseRunner], feed: dict[str, np.ndarray], runs: int
+) -> dict[str, dict[str, float]]:
+    """As ``interleaved``, but each runner is activated, measured and released in turn: for
+    models too large to hold two sessions at once (machine noise then is not shared alike)."""
+    result = {}
+    for name, runner in runners.items():
+        with runner:
+            result.update(interleaved({name: runner}, feed, runs))
+    return result

@@ -52,8 +52,11 @@ def external_data_files(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
     return list(files)
 
 
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Load an ONNX model with its external data, turning every failure into a ModelError."""
+def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX model, turning every failure into a ModelError.
+
+    ``external_data=False`` leaves external weights on disk (checked to exist inside the
+    model's folder): ``graph_io.import_graph`` reads them when a pass needs them."""
     path = Path(path)
     if not path.is_file():
         raise ModelError("model file not found", place=str(path))
@@ -69,7 +72,8 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         external_data_files(model, path.parent)
     except ModelError as error:
         raise ModelError(error.message, str(path)) from None
-    load_external_data_for_model(model, str(path.parent))
+    if external_data:
+        load_external_data_for_model(model, str(path.parent))
     try:
         # The path form also checks models over 2 GiB.
         onnx.checker.check_model(str(path))
@@ -125,10 +129,28 @@ def file_sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+_DIGESTS: dict[tuple[int, ...], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of one file, remembered while the same file (device, inode) keeps its size and
+    modification time: a compile asks for its model's several times (cache key, report,
+    golden), cache entries are checked on every read, and a large file takes seconds."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
+
+
 def model_sha256(path: Path) -> str:
-    """Hash of a model file and the external data files it references."""
+    """Hash of a model: its file's sha256, or with external data, the sha256 of the model
+    file's and its data files' sha256s in order."""
     header = onnx.load(str(path), load_external_data=False)
-    return file_sha256(path, *external_data_files(header, path.parent))
+    files = [path, *external_data_files(header, path.parent)]
+    if len(files) == 1:
+        return file_digest(path)
+    return hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import hashlib
 import logging
 import shutil
 import tempfile
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.logger import G_LOGGER
 from pydantic import ValidationError
 
-from . import accuracy, feeds, gate, latency, report
+from . import accuracy, feeds, gate, graph_io, latency, report
 from . import html as html_report
 from .backends import BuildResult, get_backend
 from .backends.onnxruntime import session_loader
@@ -53,12 +54,12 @@ from .errors import (
     did_you_mean,
 )
 from .model import (
+    EXTERNAL_DATA_THRESHOLD,
     external_data_files,
     file_sha256,
     load_model,
     model_sha256,
     op_histogram,
-    save_model,
 )
 from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass
 from .recipe import PassSpec, Recipe, load_recipe
@@ -127,8 +128,8 @@ def instantiate(items: Sequence[PassItem]) -> list[Pass]:
 
 
 def graph_signature(graph: gs.Graph) -> str:
-    """A structural fingerprint (nodes, wiring, attributes, constants' shape and leading bytes)
-    that tells whether a pass changed the graph without hashing every weight."""
+    """A structural fingerprint (nodes, wiring, attributes, constants' shape and leading bytes
+    or on-disk place) that tells whether a pass changed the graph without reading every weight."""
     digest = hashlib.sha256()
     for node in graph.nodes:
         digest.update(repr((node.op, node.name, sorted(node.attrs.items(), key=str))).encode())
@@ -137,9 +138,8 @@ def graph_signature(graph: gs.Graph) -> str:
         )
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant):
-            head = np.asarray(tensor.values).tobytes()[:4096]
             digest.update(repr((tensor.name, tensor.shape, str(tensor.dtype))).encode())
-            digest.update(zlib.crc32(head).to_bytes(4, "little"))
+            digest.update(repr(graph_io.signature(tensor)).encode())
         else:
             digest.update(repr((tensor.name, tensor.shape, str(tensor.dtype))).encode())
     io = [t.name for t in (*graph.inputs, *graph.outputs)]
@@ -160,34 +160,51 @@ def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     return result
 
 
-def _to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """Export a graph, keeping the source model's IR version and metadata."""
-    model = gs.export_onnx(graph, do_type_check=True)
-    model.ir_version = like.ir_version
-    model.producer_name, model.producer_version = "trtopt", _version()
-    del model.metadata_props[:]
-    model.metadata_props.extend(like.metadata_props)
-    return model
-
-
 def _version() -> str:
     from . import __version__
 
     return __version__
 
 
-def optimize(
-    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None = None
-) -> onnx.ModelProto:
-    """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model."""
-    source = load_model(model) if isinstance(model, (str, Path)) else model
+def _save(graph: gs.Graph, path: Path, like: onnx.ModelProto) -> list[Path]:
+    return graph_io.save_graph(graph, path, like, _version())
+
+
+def _optimized(
+    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None
+) -> tuple[gs.Graph, onnx.ModelProto]:
+    if isinstance(model, (str, Path)):
+        source = load_model(model, external_data=False)
+        graph = graph_io.import_graph(source, Path(model).parent)
+    else:
+        source, graph = model, gs.import_onnx(model)
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
-    graph = gs.import_onnx(source)
     with tempfile.TemporaryDirectory(prefix="trtopt-") as scratch, _quiet_polygraphy():
         ctx = PassContext(scratch_dir=Path(scratch))
         for pass_ in pipeline:
             graph = run_pass(pass_, graph, ctx)
-    return _to_model(graph, source)
+    return graph, source
+
+
+def optimize(
+    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None = None
+) -> onnx.ModelProto:
+    """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model."""
+    graph, source = _optimized(model, passes)
+    return graph_io.export_model(graph, source, _version())
+
+
+def optimize_file(
+    model: str | Path,
+    output: str | Path,
+    passes: Sequence[PassItem] | None = None,
+    external_data: bool | None = None,
+) -> list[Path]:
+    """Optimize a model file into ``output`` (returns the files written). The weights stay on
+    disk throughout, so a model of any size needs little more memory than the passes create.
+    ``external_data`` None saves weights to ``<output>.data`` above 1 GiB."""
+    graph, source = _optimized(model, passes)
+    return graph_io.save_graph(graph, Path(output), source, _version(), external_data)
 
 
 def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
@@ -262,7 +279,7 @@ def _verify_stage(
     recipe: Recipe,
 ) -> accuracy.AccuracyResult:
     path = scratch / "stage.onnx"
-    save_model(_to_model(graph.copy(), like), path)
+    _save(graph, path, like)
     outputs = accuracy.run(OnnxrtRunner(session_loader(path), name="stage"), data)
     return _compare(reference.outputs, outputs, recipe)
 
@@ -290,6 +307,7 @@ def _run_passes(
     recipe: Recipe,
     pipeline: list[Pass],
     source: onnx.ModelProto,
+    base_dir: Path,
     ctx: WatchedContext,
     plan: Plan | None,
     staging: Path,
@@ -298,7 +316,7 @@ def _run_passes(
 ) -> tuple[gs.Graph, list[dict[str, Any]], str | None]:
     """Run the passes (or take their outputs from the cache): the final graph, a record per
     pass for the report, and the first pass whose outputs diverged (when ``verify`` is set)."""
-    graph: gs.Graph | None = gs.import_onnx(source)
+    graph: gs.Graph | None = graph_io.import_graph(source, base_dir)
     histogram = op_histogram(source)
     records, first_diverging = [], None
     pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
@@ -345,17 +363,20 @@ def _run_passes(
                     plan.cache.mark_reads_data(base_key)
                 new_files = written(artifacts_before, staging)
                 new_warnings = ctx.warnings[warnings_before:]
-                _store_stage(
-                    plan.cache,
-                    key,
-                    graph,
-                    source,
-                    record,
-                    histogram,
-                    new_files,
-                    new_warnings,
-                    staging,
-                )
+                # Writing a large model's stage costs more than recomputing it, unless its
+                # pass read data (calibration, range guards): only those stages are kept.
+                if ctx.data_read or not _large(graph):
+                    _store_stage(
+                        plan.cache,
+                        key,
+                        graph,
+                        source,
+                        record,
+                        histogram,
+                        new_files,
+                        new_warnings,
+                        staging,
+                    )
                 plan.advance(key)
         if verify is not None:
             stage = verify(graph)
@@ -367,6 +388,25 @@ def _run_passes(
     if graph is None:
         graph = _load_stage(pending)
     return graph, records, first_diverging
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim).
+
+    glibc keeps the pages of freed arrays (a large model's converted weights) mapped, and
+    ONNX Runtime's sessions, built next, do not reuse them: without this, a 2 GiB model's
+    compile peaks about 1 GiB higher. Elsewhere (no malloc_trim) it does nothing."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return
+    gc.collect()
+    trim(0)
+
+
+def _large(graph: gs.Graph) -> bool:
+    """Weights past the size at which models are saved with external data (1 GiB)."""
+    return sum(graph_io.nbytes(c) for c in graph_io.constants(graph)) > EXTERNAL_DATA_THRESHOLD
 
 
 def _op_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -414,7 +454,7 @@ def _compile(
     store: StageCache | None = None,
 ) -> CompileResult:
     try:
-        source = load_model(model_path)
+        source = load_model(model_path, external_data=False)  # weights stay on disk
     except TrtoptError as error:
         raise type(error)(error.message, f"{recipe.place('model')}: {model_path}") from None
     _apply_input_overrides(source, recipe)
@@ -455,14 +495,16 @@ def _compile(
                     return _verify_stage(graph, source, scratch, data, reference, recipe)
 
             graph, records, first_diverging = _run_passes(
-                recipe, pipeline, source, ctx, plan, staging, verify, say
+                recipe, pipeline, source, model_path.parent, ctx, plan, staging, verify, say
             )
-            final = _to_model(graph, source)
-            try:
-                onnx.checker.check_model(final, full_check=False)
+            artifact_files = _save(graph, staging / "model.onnx", source)
+            del graph  # the passes' arrays (e.g. FP16 weights) are on disk now
+            _return_freed_memory()
+            try:  # the path form checks external data and models over 2 GiB
+                onnx.checker.check_model(str(staging / "model.onnx"))
             except onnx.checker.ValidationError as error:
                 raise PassError(f"the optimized graph is not valid ONNX: {error}") from error
-            artifact_files = save_model(final, staging / "model.onnx")
+            final = onnx.load(str(staging / "model.onnx"), load_external_data=False)
 
             if unavailable:
                 # Everything that needs no GPU still runs and is reported; then exit 2.
@@ -501,13 +543,17 @@ def _compile(
             latency_report = None
             if recipe.check.latency_runs:
                 say("measure latency")
-                with reference.runner, candidate:
-                    latency_report = latency.interleaved(
-                        {"reference": reference.runner, "artifact": candidate},
-                        data[0],
-                        recipe.check.latency_runs,
-                    )
-                latency_report["runs"] = recipe.check.latency_runs
+                runners = {"reference": reference.runner, "artifact": candidate}
+                runs = recipe.check.latency_runs
+                # A large model's two sessions would double the peak memory: one at a time.
+                together = _on_disk(model_path) <= EXTERNAL_DATA_THRESHOLD
+                if together:
+                    with reference.runner, candidate:
+                        latency_report = latency.interleaved(runners, data[0], runs)
+                else:
+                    latency_report = latency.one_at_a_time(runners, data[0], runs)
+                latency_report["runs"] = runs
+                latency_report["interleaved"] = together
 
         passed = result.passed and (golden_check is None or golden_check.passed)
         exit_code = EXIT_OK if passed and first_diverging is None else EXIT_ACCURACY
@@ -617,6 +663,13 @@ def _plan(
     return Plan(store, source_digest(files, inputs), data_digest)
 
 
+def _on_disk(model_path: Path) -> int:
+    """Bytes of a model file and its external data."""
+    header = onnx.load(str(model_path), load_external_data=False)
+    files = [model_path, *external_data_files(header, model_path.parent)]
+    return sum(f.stat().st_size for f in files)
+
+
 def _compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
     """What besides the final graph decides a compile's artifacts and report."""
     dumped = recipe.model_dump(mode="json")
@@ -635,7 +688,8 @@ def _compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
 
 def _load_stage(entry: Entry | None) -> gs.Graph:
     assert entry is not None
-    return gs.import_onnx(load_model(entry.file("model.onnx")))
+    path = entry.file("model.onnx")
+    return graph_io.import_graph(load_model(path, external_data=False), path.parent)
 
 
 def _cached_stage(entry: Entry, ctx: PassContext, staging: Path) -> dict[str, Any]:
@@ -657,7 +711,7 @@ def _store_stage(
     staging: Path,
 ) -> None:
     with store.writer(key, "pass") as entry:
-        save_model(_to_model(graph.copy(), like), entry.folder / "model.onnx")
+        _save(graph, entry.folder / "model.onnx", like)
         for name in artifacts:
             shutil.copyfile(staging / name, entry.folder / name)
         entry.meta = {

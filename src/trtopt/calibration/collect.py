@@ -11,7 +11,10 @@ split into groups and the data set is streamed once per group.
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -32,7 +35,11 @@ SMALL_INITIALIZER = 4096
 Observer = Callable[[str, np.ndarray], None]
 
 
-def _session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSession:
+def _session(
+    model: onnx.ModelProto, outputs: Sequence[str], folder: Path | None = None
+) -> ort.InferenceSession:
+    """A session with ``outputs`` exposed. ``folder``: where ``model``'s external data lives
+    (then the model is a header, written beside its data for ONNX Runtime to read)."""
     # The outputs are appended to ``model`` for the time it takes to serialize it, then
     # removed: a copy of the model (its weights) per group would double the peak memory.
     existing = {o.name for o in model.graph.output}
@@ -40,16 +47,28 @@ def _session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSes
     for name in added:
         model.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        serialized = model.SerializeToString()
+        if folder is None:
+            return _open(model.SerializeToString())
+        # Beside its data, under a name of its own: the locations are relative to the header.
+        handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
+        os.close(handle)
+        try:
+            onnx.save_model(model, name)
+            return _open(name)  # ONNX Runtime reads the weights while it builds the session
+        finally:
+            os.unlink(name)
     finally:
         for _ in added:
             del model.graph.output[-1]
+
+
+def _open(model: bytes | str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # Basic level only: constant folding and node-eliminating rewrites, never fusions that
     # would change what an exposed tensor holds.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -111,7 +130,7 @@ def groups(model: onnx.ModelProto, names: Sequence[str], memory_budget: int) -> 
 
 
 def collect(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Path,
     data: DataSet,
     tensors: Sequence[str],
     observe: Observer,
@@ -119,7 +138,14 @@ def collect(
     max_group: int | None = None,
 ) -> int:
     """Run ``data`` through ``model`` and call ``observe(name, array)`` for every tensor of
-    ``tensors`` on every feed. Returns the number of feeds streamed (per group)."""
+    ``tensors`` on every feed. Returns the number of feeds streamed (per group).
+
+    ``model`` may be a file: its weights are then left on disk for ONNX Runtime to read (a
+    model over 2 GiB cannot be serialized in memory at all)."""
+    folder = None
+    if isinstance(model, Path):
+        folder = model.parent
+        model = onnx.load(str(model), load_external_data=False)
     graph_inputs = {i.name for i in model.graph.input}
     fed = [name for name in tensors if name in graph_inputs]
     planned = groups(model, [n for n in tensors if n not in graph_inputs], memory_budget)
@@ -134,7 +160,7 @@ def collect(
                 observe(name, feed[name])
             count += 1
     for index, group in enumerate(planned):
-        session = _session(model, group)
+        session = _session(model, group, folder)
         count = 0
         for feed in data.feeds():
             if index == 0:  # graph inputs need no run: observe them with the first group

@@ -12,15 +12,16 @@ import onnx_graphsurgeon as gs
 log = logging.getLogger("trtopt.passes")
 
 
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
+def _infer(model: onnx.ModelProto, symbolic: bool = True) -> onnx.ModelProto | None:
     """ONNX Runtime's symbolic shape inference, which keeps dynamic dims named through shape
     arithmetic (so equal dims are seen as equal); ONNX's own inference where it fails."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    if symbolic:
+        try:
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception as error:
-        log.debug("symbolic shape inference failed (%s); using onnx.shape_inference", error)
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception as error:
+            log.debug("symbolic shape inference failed (%s); using onnx.shape_inference", error)
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     except Exception as error:  # inference is an aid: no shapes means "unknown", never wrong
@@ -61,12 +62,13 @@ def _light_model(graph: gs.Graph) -> onnx.ModelProto:
 
 
 def computed_shapes(
-    graph: gs.Graph,
+    graph: gs.Graph, symbolic: bool = True
 ) -> tuple[dict[str, list[int | str | None] | None], dict[str, np.dtype]]:
     """Shapes as the graph computes them (ONNX shape inference with data propagation), ignoring
-    the shapes the model declares for its outputs and intermediates, which exporters get wrong."""
+    the shapes the model declares for its outputs and intermediates, which exporters get wrong.
+    Empty when inference fails. ``symbolic``: try ONNX Runtime's symbolic inference first."""
     model = _light_model(graph)
-    inferred = _infer(model)
+    inferred = _infer(model, symbolic)
     if inferred is None:
         return {}, {}
     shapes: dict[str, list[int | str | None] | None] = {}

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from ..calibration import collect
 from ..errors import DataError, RecipeError
+from ..graph_io import peek, runnable
 from .base import Pass, PassContext, PassOptions
 from .quantize import (
     matches,
@@ -253,8 +254,8 @@ class Precision(Pass):
             entry[1] += float(np.count_nonzero(nonzero))
             entry[2] += float(np.count_nonzero(nonzero & (values < FP16_TINY / 2)))
 
-        model = gs.export_onnx(graph.copy(), do_type_check=False)
-        collect(model, data, sorted(watched), observe)
+        with runnable(graph, ctx.scratch_dir) as model:
+            collect(model, data, sorted(watched), observe)
         found = {}
         for node in float_nodes:
             if node.name in already:
@@ -351,11 +352,11 @@ class Precision(Pass):
                 if index in fixed:
                     continue
                 if isinstance(tensor, gs.Constant):
-                    values = tensor.values
-                    if np.asarray(values).dtype == np.float32:
+                    if tensor.dtype == np.float32:
                         if tensor.name not in constants:
+                            # peek: an on-disk FP32 weight is read, converted and let go
                             constants[tensor.name] = gs.Constant(
-                                f"{tensor.name}_{suffix}", _convert(np.asarray(values), np_target)
+                                f"{tensor.name}_{suffix}", _convert(peek(tensor), np_target)
                             )
                         node.inputs[index] = constants[tensor.name]
                 elif tensor.name in float32 and tensor.name not in low_outputs:
@@ -420,8 +421,8 @@ def _emulate(graph: gs.Graph, lowered: set[str], target: int) -> gs.Graph:
     np_target = np.float16 if target == onnx.TensorProto.FLOAT16 else ml_dtypes.bfloat16
     for node in [n for n in graph.nodes if n.name in lowered]:
         for index, tensor in enumerate(node.inputs):
-            if isinstance(tensor, gs.Constant) and np.asarray(tensor.values).dtype == np.float32:
-                rounded = _convert(np.asarray(tensor.values), np_target).astype(np.float32)
+            if isinstance(tensor, gs.Constant) and tensor.dtype == np.float32:
+                rounded = _convert(peek(tensor), np_target).astype(np.float32)
                 node.inputs[index] = gs.Constant(f"{tensor.name}_rounded", rounded)
         for index, tensor in enumerate(list(node.outputs)):
             if onnx_dtype(tensor) != F32:

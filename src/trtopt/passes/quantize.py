@@ -9,7 +9,6 @@ Every placement rule below cites TensorRT's "Working with Quantized Types" guida
 
 from __future__ import annotations
 
-import contextlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -21,9 +20,10 @@ import onnx_graphsurgeon as gs
 from pydantic import Field, field_validator
 
 from ..calibration import calibrate, tensorrt_cache
-from ..calibration.collect import DEFAULT_MEMORY_BUDGET, weightless
+from ..calibration.collect import DEFAULT_MEMORY_BUDGET
 from ..errors import DataError, RecipeError
 from .base import Pass, PassContext, PassOptions
+from .graph_shapes import computed_shapes
 from .registry import register_pass
 from .sensitivity import AutoOptions, Judge, search
 
@@ -82,16 +82,17 @@ def onnx_dtype(tensor: gs.Tensor) -> int | None:
 
 
 def with_types(graph: gs.Graph) -> gs.Graph:
-    """The graph re-imported after ONNX shape inference, so every tensor has a dtype."""
-    model = gs.export_onnx(graph, do_type_check=False)
-    # Inference is best effort: unknown dtypes are handled conservatively. It runs on a
-    # weightless copy, so that large models are not held twice.
-    with contextlib.suppress(Exception):
-        inferred = onnx.shape_inference.infer_shapes(weightless(model), data_prop=True)
-        known = {t.name for t in (*model.graph.input, *model.graph.output)}
-        del model.graph.value_info[:]
-        model.graph.value_info.extend(v for v in inferred.graph.value_info if v.name not in known)
-    return gs.import_onnx(model)
+    """The graph with every intermediate tensor's dtype and shape from shape inference.
+
+    Inference is best effort (unknown dtypes are handled conservatively) and sees the weights
+    as typed inputs, never their bytes, so a large model is not held twice."""
+    shapes, dtypes = computed_shapes(graph)
+    io = {id(t) for t in (*graph.inputs, *graph.outputs)}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and id(tensor) not in io and tensor.name in dtypes:
+            tensor.dtype = dtypes[tensor.name]
+            tensor.shape = shapes.get(tensor.name)
+    return graph
 
 
 def name_nodes(graph: gs.Graph) -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
-from polygraphy.backend.onnx import InferShapes as PolygraphyInferShapes
 
 from ..errors import PassError
 from .base import Pass, PassContext, PassOptions
+from .graph_shapes import computed_shapes
 from .registry import register_pass
 
 
@@ -20,14 +20,17 @@ class InferShapes(Pass):
         falls back to onnx.shape_inference where it fails."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        model = gs.export_onnx(graph)
-        # Polygraphy's loader handles models over the 2 GiB protobuf limit by round-tripping
-        # through a file, and owns the ORT-then-ONNX fallback.
-        loader = PolygraphyInferShapes(
-            model, error_ok=False, allow_onnxruntime=self.options.symbolic
-        )
-        try:
-            inferred = loader()
-        except Exception as error:
-            raise PassError(f"shape inference failed: {error}") from error
-        return gs.import_onnx(inferred)
+        # Inference sees the weights as typed inputs (graph_shapes), never their bytes, so a
+        # model of any size costs no copy of them. Where it cannot tell a tensor's shape, the
+        # declared one stays.
+        shapes, dtypes = computed_shapes(graph, self.options.symbolic)
+        if not shapes and not dtypes:
+            raise PassError("shape inference failed (ONNX Runtime's and ONNX's)")
+        inputs = {id(t) for t in graph.inputs}
+        for tensor in graph.tensors().values():
+            if not isinstance(tensor, gs.Variable) or id(tensor) in inputs:
+                continue
+            tensor.dtype = tensor.dtype or dtypes.get(tensor.name)
+            if shapes.get(tensor.name) is not None:
+                tensor.shape = shapes[tensor.name]
+        return graph

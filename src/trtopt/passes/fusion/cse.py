@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph_io import peek
 from ..base import Pass, PassContext
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
@@ -20,7 +21,7 @@ NONDETERMINISTIC = frozenset(
 
 def _attr_key(value: object) -> object:
     if isinstance(value, gs.Constant):
-        data = np.ascontiguousarray(value.values)
+        data = np.ascontiguousarray(peek(value))
         digest = hashlib.sha1(data.tobytes()).hexdigest()
         return ("tensor", str(data.dtype), tuple(value.shape), data.shape, digest)
     if isinstance(value, (list, tuple)):

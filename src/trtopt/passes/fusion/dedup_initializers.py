@@ -7,6 +7,7 @@ import hashlib
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph_io import peek
 from ..base import Pass, PassContext
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
@@ -26,20 +27,30 @@ class DedupInitializers(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         self.rewrites = 0
         outputs = {id(t) for t in graph.outputs}
-        first: dict[tuple, gs.Constant] = {}
+        # Only constants that share dtype and shape can be equal: the bytes of the others are
+        # never read (on a large model, most weights stay on disk).
+        alike: dict[tuple, list[gs.Constant]] = {}
         for _name, tensor in sorted(graph.tensors().items()):
-            if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
+            if isinstance(tensor, gs.Constant) and id(tensor) not in outputs:
+                alike.setdefault((str(tensor.dtype), tuple(tensor.shape)), []).append(tensor)
+        first: dict[tuple, gs.Constant] = {}
+        for group in alike.values():
+            if len(group) < 2:
                 continue
-            data = np.ascontiguousarray(tensor.values)
-            # The declared shape too: graphsurgeon can hold a scalar's value as shape (1,).
-            shape = (tuple(tensor.shape), data.shape)
-            key = (str(data.dtype), shape, hashlib.sha256(data.tobytes()).hexdigest())
-            kept = first.setdefault(key, tensor)
-            if kept is not tensor:
-                redirect(tensor, kept)
-                self.rewrites += 1
+            for tensor in group:
+                data = np.ascontiguousarray(peek(tensor))
+                # The loaded shape too: graphsurgeon can hold a scalar's value as shape (1,).
+                key = (str(data.dtype), tuple(tensor.shape), data.shape, _sha256(data))
+                kept = first.setdefault(key, tensor)
+                if kept is not tensor:
+                    redirect(tensor, kept)
+                    self.rewrites += 1
         if self.rewrites:
             ctx.log.info("dedup-initializers: %d duplicate(s) removed", self.rewrites)
             graph.cleanup()
             invalidate_shapes(graph)
         return graph
+
+
+def _sha256(data: np.ndarray) -> str:
+    return hashlib.sha256(data.reshape(-1).view(np.uint8)).hexdigest()

@@ -27,17 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph_io import peek
+
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of a constant tensor (initializer or Constant node output), else None."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return peek(tensor)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         value = tensor.inputs[0].attrs.get("value")
         if isinstance(value, gs.Constant):
-            return np.asarray(value.values)
+            return peek(value)
     return None
 
 
