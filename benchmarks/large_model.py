@@ -32,27 +32,7 @@ import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from transformer_model import make_transformer, size_on_disk  # noqa: E402
-
-RECIPE = """\
-name: transformer-fp16
-model: {model}
-inputs:
-  x: {{shape: [batch, sequence, {hidden}]}}
-passes:
-  - cleanup
-  - fold-constants
-  - fuse
-  - infer-shapes
-  - cleanup
-  - precision: {{dtype: fp16}}
-build: {{backend: onnxruntime}}
-check:
-  samples: 2
-  dims: {{batch: 1, sequence: 32}}
-  thresholds: {{min_cosine: 0.999, max_abs: 0.1}}
-  latency_runs: 5
-"""
+from transformer_model import fp16_recipe, make_transformer, size_on_disk  # noqa: E402
 
 
 def run(command: list[str]) -> tuple[float, int]:
@@ -94,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trtopt-large-", dir=args.models) as scratch:
         out = Path(scratch)
         recipe = out / "recipe.yaml"
-        recipe.write_text(RECIPE.format(model=model, hidden=args.hidden))
+        recipe.write_text(fp16_recipe(model, args.hidden, samples=2, sequence=32, latency_runs=5))
         fp16 = "cleanup,fold-constants,fuse,infer-shapes,cleanup,precision"
         trtopt = [str(bin_dir / "trtopt")]
         commands = {

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import trtopt
-from transformer_model import make_transformer, size_on_disk
+from transformer_model import fp16_recipe, make_transformer, size_on_disk
 from trtopt import graph_io
 from trtopt.cli import main
 from trtopt.model import load_model
@@ -128,8 +128,7 @@ def test_cli_optimize_external_data_output_loads(small, tmp_path, feed, capsys):
 def test_large_models_measure_latency_one_session_at_a_time(small, tmp_path, monkeypatch):
     from trtopt import pipeline
 
-    recipe = RECIPE.replace("big.onnx", str(small)).replace("2048]", "64]")
-    (tmp_path / "r.yaml").write_text(recipe.replace("latency_runs: 0", "latency_runs: 3"))
+    (tmp_path / "r.yaml").write_text(fp16_recipe(small, 64, latency_runs=3))
     together = trtopt.compile(tmp_path / "r.yaml", output_dir=tmp_path / "a", use_cache=False)
     monkeypatch.setattr(pipeline, "EXTERNAL_DATA_THRESHOLD", 1024)
     alone = trtopt.compile(tmp_path / "r.yaml", output_dir=tmp_path / "b", use_cache=False)
@@ -153,26 +152,6 @@ result = trtopt.compile(sys.argv[1], output_dir=sys.argv[2], progress=progress, 
 print(json.dumps({"exit": result.exit_code, "passes": marks["passes"], "peak": peak()}))
 """
 
-RECIPE = """\
-name: big
-model: big.onnx
-inputs:
-  x: {shape: [batch, sequence, 2048]}
-passes:
-  - cleanup
-  - fold-constants
-  - fuse
-  - infer-shapes
-  - cleanup
-  - precision: {dtype: fp16}
-build: {backend: onnxruntime}
-check:
-  samples: 1
-  dims: {batch: 1, sequence: 8}
-  thresholds: {min_cosine: 0.999, max_abs: 0.1}
-  latency_runs: 0
-"""
-
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
@@ -184,7 +163,7 @@ def test_transformer_over_2gib_compiles_to_fp16_within_1_5x_its_size(tmp_path):
     model = make_transformer(tmp_path / "big.onnx", 11, 2048, heads=16)
     size = size_on_disk(model)
     assert size > 2 * 2**30
-    (tmp_path / "big.yaml").write_text(RECIPE)
+    (tmp_path / "big.yaml").write_text(fp16_recipe(model, 2048))
     done = subprocess.run(
         [sys.executable, "-c", PEAK_SCRIPT, str(tmp_path / "big.yaml"), str(tmp_path / "out")],
         capture_output=True,

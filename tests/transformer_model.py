@@ -143,6 +143,37 @@ def _build(writer: _Writer, layers: int, hidden: int, heads: int) -> onnx.ModelP
     return model
 
 
+FP16_RECIPE = """\
+name: transformer-fp16
+model: {model}
+inputs:
+  x: {{shape: [batch, sequence, {hidden}]}}
+passes:
+  - cleanup
+  - fold-constants
+  - fuse
+  - infer-shapes
+  - cleanup
+  - precision: {{dtype: fp16}}
+build: {{backend: onnxruntime}}
+check:
+  samples: {samples}
+  dims: {{batch: 1, sequence: {sequence}}}
+  thresholds: {{min_cosine: 0.999, max_abs: 0.1}}
+  latency_runs: {latency_runs}
+"""
+
+
+def fp16_recipe(
+    model: Path, hidden: int, samples: int = 1, sequence: int = 8, latency_runs: int = 0
+) -> str:
+    """A recipe that compiles ``model`` to FP16 on ONNX Runtime (the default chain, then the
+    precision pass) and checks it against the original."""
+    return FP16_RECIPE.format(
+        model=model, hidden=hidden, samples=samples, sequence=sequence, latency_runs=latency_runs
+    )
+
+
 def size_on_disk(path: Path) -> int:
     """The model file and its data file together."""
     return path.stat().st_size + path.with_name(path.name + ".data").stat().st_size
