@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -91,7 +92,7 @@ class ExternalValues(gs.ir.tensor.LazyValues):
             return array.reshape(self.shape)
         return np.array(onnx.numpy_helper.to_array(self.tensor))
 
-    def copy_to(self, handle) -> None:
+    def copy_to(self, handle: BinaryIO) -> None:
         """Append this tensor's bytes to the open file ``handle``, a chunk at a time."""
         buffer = bytearray(min(_COPY_CHUNK, max(self.length, 1)))
         with open(self.path, "rb") as source:
@@ -183,7 +184,7 @@ class _Written(gs.ir.tensor.LazyValues):
         self.shape, self.dtype, self.nbytes = values.shape, values.dtype, values.nbytes
 
 
-def _write(constant: gs.Constant, handle, location: str) -> onnx.TensorProto:
+def _write(constant: gs.Constant, handle: BinaryIO, location: str) -> onnx.TensorProto:
     """Append a constant's bytes to ``handle`` (aligned) and return its external reference."""
     offset = -handle.tell() % ALIGNMENT
     handle.write(b"\0" * offset)
@@ -228,6 +229,14 @@ def _external(
     return reference
 
 
+def _is_text(constant: gs.Constant) -> bool:
+    """String tensors have no raw bytes to move (onnx keeps them in the model file too)."""
+    try:
+        return np.dtype(constant.dtype).kind in ("O", "S", "U")
+    except TypeError:  # an ONNX type numpy does not know (float8, ...): bytes all the same
+        return False
+
+
 def has_external_values(graph: gs.Graph) -> bool:
     return any(isinstance(c._values, ExternalValues) for c in constants(graph))
 
@@ -259,7 +268,7 @@ def save_graph(
     try:
         with open(data_path, "wb") as handle:
             for constant in everything:
-                if nbytes(constant) < SIZE_THRESHOLD:
+                if nbytes(constant) < SIZE_THRESHOLD or _is_text(constant):
                     continue
                 reference = _write(constant, handle, location)
                 swapped.append((constant, constant._values))
