@@ -38,12 +38,14 @@ def measure(recipe: Path, rounds: int) -> dict[str, float]:
             assert report["cache"]["compile"] == "hit"
             warm.append(seconds)
             seconds, report = _timed(recipe, out, cache, [f"check.latency_runs={round_ + 1}"])
-            assert all(p["cached"] for p in report["passes"]), report["passes"]
             passes_warm.append(seconds)
+            # Every pass for most models; for one over 1 GiB, those that read data.
+            cached = f"{report['cache']['passes_from_cache']}/{len(report['passes'])}"
     return {
         "cold": statistics.median(cold),
         "warm": statistics.median(warm),
         "passes_warm": statistics.median(passes_warm),
+        "cached": cached,
     }
 
 
@@ -54,13 +56,15 @@ def main() -> None:
     args = parser.parse_args()
     print(f"trtopt {trtopt.__version__}, Python {platform.python_version()}, {platform.machine()}")
     print()
-    print("| recipe | cold s | warm s | warm / cold | check changed, passes warm s | ratio |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        "| recipe | cold s | warm s | warm / cold | check changed: passes from cache | s | ratio |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for recipe in args.recipes:
         t = measure(recipe, args.rounds)
         print(
             f"| {recipe.stem} | {t['cold']:.2f} | {t['warm']:.3f} | {t['warm'] / t['cold']:.3f} "
-            f"| {t['passes_warm']:.2f} | {t['passes_warm'] / t['cold']:.2f} |"
+            f"| {t['cached']} | {t['passes_warm']:.2f} | {t['passes_warm'] / t['cold']:.2f} |"
         )
 
 
