@@ -7,12 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 
 from helpers import DIMS, MODELS, RANGES
 from trtopt import feeds
-from trtopt.calibration import AbsHistogram, DataSet, DataSource, calibrate, collect, compute_amax
+from trtopt.calibration import (
+    AbsHistogram,
+    DataSet,
+    DataSource,
+    calibrate,
+    collect,
+    compute_amax,
+    model_digest,
+    split,
+    split_graph,
+)
 from trtopt.calibration.cache import read_tensorrt_cache, tensorrt_cache
+from trtopt.calibration.collect import SMALL_INITIALIZER, groups
 from trtopt.errors import EXIT_USER, DataError
 
 CNN = MODELS / "cnn_legacy.onnx"
@@ -184,6 +196,68 @@ def test_entropy_ignores_the_zero_spike_of_a_relu():
     assert compute_amax(hist, "entropy") > 2.5
 
 
+def _entropy_reference(hist: AbsHistogram, levels: int = 128) -> float:
+    """TensorRT's entropy calibration written as its published loop, one threshold at a time
+    (pytorch-quantization's ``_compute_amax_entropy``, stride 1, stopping at the last
+    occupied bin): the vectorized calibrator must pick the same threshold."""
+    counts = hist.counts.astype(np.float64)
+    counts[0] = counts[1]
+    last = int(np.nonzero(counts)[0][-1]) + 1
+    stop = max(min(hist.bins, last), levels)
+    best_i, best_kl = stop, np.inf
+    for i in range(levels, stop + 1):
+        p = counts[:i].copy()
+        p[i - 1] += counts[i:].sum()
+        nonzero = counts[:i] > 0
+        # `levels` groups of i // levels bins, the remainder joining the last group; each
+        # group's mass spread evenly over its occupied bins.
+        starts = np.arange(levels) * (i // levels)
+        mass = np.add.reduceat(counts[:i], starts)
+        support = np.add.reduceat(nonzero.astype(np.float64), starts)
+        group = np.minimum(np.arange(i) // (i // levels), levels - 1)
+        q = np.where(nonzero, mass[group] / np.maximum(support[group], 1), 0.0)
+        p /= p.sum()
+        q /= max(q.sum(), 1e-300)
+        q[(p > 0) & (q == 0)] = 1e-4
+        kl = float(np.sum(p[p > 0] * np.log(p[p > 0] / q[p > 0])))
+        # Strict `<` keeps the first of equal divergences; "equal" up to float rounding, as
+        # the sums of the two implementations round differently.
+        if best_kl == np.inf or kl < best_kl - 1e-12 * max(1.0, abs(best_kl)):
+            best_i, best_kl = i, kl
+    return float(min(hist.edges[best_i], hist.amax))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_entropy_picks_the_threshold_of_tensorrts_loop(seed):
+    rng = np.random.default_rng(seed)
+    samples = [
+        np.maximum(rng.standard_normal(50_000), 0.0),  # ReLU: the first-bin rule matters
+        np.concatenate([rng.standard_normal(50_000), [40.0, -35.0]]),  # far outliers
+        rng.standard_t(2, 20_000),  # heavy tails
+        rng.exponential(1.0, 5_000),
+        np.concatenate([np.zeros(500), rng.standard_normal(50) * 0.01, [5.0]]),  # empty bins
+        rng.standard_normal(300) * 3.0,  # sparse: outliers land on empty bins
+    ]
+    hist = AbsHistogram(512)
+    hist.update(samples[seed])
+    assert compute_amax(hist, "entropy") == _entropy_reference(hist)
+
+
+def test_entropy_at_full_resolution_matches_the_loop():
+    rng = np.random.default_rng(7)
+    hist = AbsHistogram()  # 2048 bins, as TensorRT
+    hist.update(np.concatenate([rng.laplace(size=100_000), [25.0]]))
+    assert compute_amax(hist, "entropy") == _entropy_reference(hist)
+
+
+def test_histogram_skips_non_finite_values():
+    hist = AbsHistogram(256)
+    hist.update(np.array([1.0, -2.0, np.nan, np.inf, -np.inf, 0.5], dtype=np.float32))
+    assert hist.total == 3 and hist.counts.sum() == 3 and hist.amax == 2.0
+    hist.update(np.array([np.nan], dtype=np.float32))  # nothing finite: no change
+    assert hist.total == 3
+
+
 def test_all_zero_tensor_has_no_range():
     hist = AbsHistogram()
     hist.update(np.zeros(10))
@@ -212,6 +286,78 @@ def test_grouped_exposure_gives_the_same_ranges():
     whole = calibrate(model, data, names, "minmax", use_cache=False).ranges
     grouped = calibrate(model, data, names, "minmax", use_cache=False, memory_budget=1 << 16)
     assert grouped.ranges == pytest.approx(whole)
+
+
+def test_batch_shapes_size_the_groups():
+    """Sizes come from the first feed's shapes: a symbolic batch dim is not guessed large
+    (which split the tensors into needless groups, each a pass over the data)."""
+    model = onnx.load(str(CNN))
+    names = _tensors(model)
+    exact = groups(model, names, 4 << 20, {"pixel_values": (1, 3, 32, 32)})
+    assert exact == [names]  # every tensor at batch 1 is well under 4 MiB in all
+    assert len(groups(model, names, 4 << 20)) > 1  # guessed sizes of symbolic dims
+
+
+def test_weights_are_fed_not_copied_into_the_session():
+    model = onnx.load(str(CNN))
+    light, weights = split(model)
+    large = {t.name for t in model.graph.initializer if t.ByteSize() > SMALL_INITIALIZER}
+    assert large and set(weights) == large
+    assert not large & {t.name for t in light.graph.initializer}
+    assert large <= {i.name for i in light.graph.input}
+    names = _tensors(model)
+    data = dataset({"synthetic": {}, "limit": 3})
+    whole = calibrate(model, data, names, "entropy", use_cache=False).ranges
+    fed = calibrate(light, data, names, "entropy", use_cache=False, weights=weights).ranges
+    assert fed == whole
+    # The cache key covers the weights' values, not only the graph that names them.
+    changed = {**weights, next(iter(weights)): next(iter(weights.values())) * 2}
+    assert model_digest(light, weights) != model_digest(light, changed)
+
+
+def test_split_graph_shares_the_graphs_arrays():
+    graph = gs.import_onnx(onnx.load(str(CNN)))
+    light, weights = split_graph(graph)
+    constants = {t.name: t for t in graph.tensors().values() if isinstance(t, gs.Constant)}
+    assert weights and all(weights[n] is constants[n].values for n in weights)
+    assert not {t.name for t in light.graph.initializer} & set(weights)
+    assert all(isinstance(t, gs.Constant) for t in (constants[n] for n in weights))  # untouched
+    data = dataset({"synthetic": {}, "limit": 2})
+    names = _tensors(onnx.load(str(CNN)))
+    whole = calibrate(onnx.load(str(CNN)), data, names, "minmax", use_cache=False).ranges
+    fed = calibrate(light, data, names, "minmax", use_cache=False, weights=weights).ranges
+    assert fed == whole
+
+
+def test_weights_numpy_cannot_feed_stay_initializers():
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    h = onnx.helper
+    w32 = onnx.numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w32")
+    bf16 = rng.standard_normal((64, 64)).astype(ml_dtypes.bfloat16)
+    w16 = onnx.numpy_helper.from_array(bf16, "w16")
+    graph = h.make_graph(
+        [
+            h.make_node("MatMul", ["x", "w32"], ["y"]),
+            h.make_node("Cast", ["w16"], ["c"], to=onnx.TensorProto.FLOAT),
+            h.make_node("MatMul", ["y", "c"], ["z"]),
+        ],
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [h.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["batch", 64])],
+        [w32, w16],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    data = DataSet(
+        DataSource(synthetic={}, limit=2), feeds.model_inputs(model), {"batch": 1}, {"x": (0, 1)}
+    )
+    whole = calibrate(model, data, ["y", "c", "z"], "minmax", use_cache=False).ranges
+    for light, weights in (split(model), split_graph(gs.import_onnx(model))):
+        assert set(weights) == {"w32"}
+        assert [t.name for t in light.graph.initializer] == ["w16"]
+        fed = calibrate(light, data, ["y", "c", "z"], "minmax", use_cache=False, weights=weights)
+        assert fed.ranges == whole
 
 
 def test_range_cache_hit_and_miss(tmp_path):

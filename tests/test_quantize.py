@@ -4,6 +4,7 @@ RTX accepting every graph, exclusions, the automatic sensitivity search, and the
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import pytest
 import trt_rtx
 from helpers import DIMS, MODELS, RANGES, ROOT, model_feeds, ort_run, run_cli
 from trtopt import feeds
-from trtopt.calibration import DataSet, DataSource
+from trtopt.calibration import DataSet, DataSource, split_graph
 from trtopt.errors import EXIT_USER
 from trtopt.passes import PassContext
 from trtopt.passes.quantize import Quantize
+from trtopt.passes.sensitivity import AutoOptions, Judge
 
 CNN, BERT = MODELS / "cnn_legacy.onnx", MODELS / "bert_dynamo.onnx"
 TRT_DIMS = {"sequence": (1, 8, 16)}
@@ -181,6 +183,23 @@ def test_exclusions_by_op_type_and_node_regex(tmp_path):
             assert not dequantized, node.name
 
 
+def test_quantized_fp32_weights_are_released(tmp_path):
+    """Once the pass returns, no FP32 weight it replaced by INT8 is alive (the caller's export
+    would otherwise hold the weights twice)."""
+    model = onnx.load(str(CNN))
+    graph = gs.import_onnx(model)
+    weights = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and t.name]
+    refs = {t.name: weakref.ref(t.values) for t in weights if np.ndim(t.values) == 4}
+    infos = feeds.model_inputs(model)
+    data = DataSet(DataSource(synthetic={}, limit=2), infos, DIMS, RANGES)
+    del weights
+    ctx = PassContext(scratch_dir=tmp_path, calibration=data)
+    out = Quantize(Quantize.Options(cache=False)).run(graph, ctx)
+    assert refs and all(ref() is None for ref in refs.values())
+    stored = {t.name: t for t in out.tensors().values() if isinstance(t, gs.Constant)}
+    assert all(stored[f"{name}_quantized"].values.dtype == np.int8 for name in refs)
+
+
 def test_asymmetric_is_refused_with_tensorrts_reason():
     with pytest.raises(ValueError, match="zero point"):
         Quantize.Options(symmetric=False)
@@ -192,6 +211,7 @@ def test_auto_search_keeps_the_fewest_layers(tmp_path):
     auto = ctx.details["auto"]
     assert auto["reached"] and auto["value"] >= 0.995
     assert auto["value_all_lowered"] < 0.995
+    assert auto["evaluations"] > len(auto["kept"]) and auto["seconds"] > 0
     kept = [k["node"] for k in auto["kept"]]
     assert "/net/classifier/classifier.1/Gemm" in kept  # the standardized head is the culprit
     assert 1 <= len(kept) < ctx.details["quantized_nodes"] + len(kept)
@@ -200,6 +220,28 @@ def test_auto_search_keeps_the_fewest_layers(tmp_path):
     ref = ort_run(onnx.load(str(CNN)), data)
     got = ort_run(model, data)
     assert min(cosine(r[0], g[0]) for r, g in zip(ref, got)) >= 0.995
+
+
+@pytest.mark.parametrize("path", [CNN, BERT], ids=["cnn", "bert"])
+def test_judged_candidates_run_as_their_whole_export(tmp_path, path):
+    """The search hands ONNX Runtime each candidate's weights as arrays (external data): it
+    must run exactly what the exported graph runs, Q/DQ fusions on constant weights included
+    (weights fed as graph inputs would not be constants, and would give other numbers)."""
+    quantized, _ = quantize(path, tmp_path, calibrator="minmax")
+    graph = gs.import_onnx(quantized)
+    light, weights = split_graph(graph, external=True)
+    assert weights and not any(
+        t.HasField("raw_data") for t in light.graph.initializer if t.name in weights
+    )
+    data = model_feeds(onnx.load(str(path)), 2, seed=3)
+    options = AutoOptions(metric="cosine", min=0.99)
+    whole = Judge(gs.export_onnx(graph), data, options)
+    handed = Judge((light, weights), data, options)
+    for a, b in zip(whole.reference, handed.reference):
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert handed.reference_model is None  # only the outputs are kept
 
 
 def test_compile_reports_excluded_nodes_and_fails_bad_options(tmp_path, write_recipe, recipe_for):

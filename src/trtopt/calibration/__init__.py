@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from .cache import cache_key, load_ranges, save_ranges, tensorrt_cache
 from .calibrators import ALGORITHM_VERSION, CALIBRATORS, DEFAULT_BINS, AbsHistogram, compute_amax
-from .collect import DEFAULT_MEMORY_BUDGET, collect
+from .collect import DEFAULT_MEMORY_BUDGET, collect, split, split_graph
 from .sources import DataSet, DataSource, ImageSource, SyntheticSource
 
 log = logging.getLogger("trtopt.calibration")
@@ -31,6 +32,8 @@ __all__ = [
     "collect",
     "compute_amax",
     "model_digest",
+    "split",
+    "split_graph",
     "tensorrt_cache",
 ]
 
@@ -53,9 +56,10 @@ def _version(package: str) -> str | None:
         return None
 
 
-def model_digest(model: onnx.ModelProto) -> str:
+def model_digest(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None) -> str:
     """sha256 of a model's graph, opsets and weights, hashed piece by piece (serializing the
-    whole model at once would hold a second copy of its weights)."""
+    whole model at once would hold a second copy of its weights). ``weights``: the values of
+    graph inputs that stand for weights (see ``split``)."""
     digest = hashlib.sha256()
     for opset in model.opset_import:
         digest.update(opset.SerializeToString(deterministic=True))
@@ -63,6 +67,10 @@ def model_digest(model: onnx.ModelProto) -> str:
     for part in (graph.node, graph.input, graph.output, graph.initializer):
         for item in part:
             digest.update(item.SerializeToString(deterministic=True))
+    for name in sorted(weights or {}):
+        array = np.ascontiguousarray(weights[name])  # type: ignore[index]
+        digest.update(repr((name, str(array.dtype), array.shape)).encode())
+        digest.update(memoryview(array).cast("B"))
     return digest.hexdigest()
 
 
@@ -76,8 +84,11 @@ def calibrate(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     use_cache: bool = True,
     cache_dir: Path | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
 ) -> CalibrationResult:
-    """Ranges of ``tensors`` on ``data`` by ``calibrator``, streamed, cached on disk."""
+    """Ranges of ``tensors`` on ``data`` by ``calibrator``, streamed, cached on disk.
+    ``weights``: the values of ``model``'s graph inputs that stand for its weights (a model
+    from ``split`` or ``split_graph``)."""
     settings = {
         # Versions too: a cache must not outlive a change in the code that produced it.
         "algorithm": ALGORITHM_VERSION,
@@ -90,7 +101,7 @@ def calibrate(
     }
     key = None
     if use_cache:
-        key = cache_key(model_digest(model), data.fingerprint(), settings)
+        key = cache_key(model_digest(model, weights), data.fingerprint(), settings)
         cached = load_ranges(key, cache_dir)
         if cached is not None and set(cached) >= set(tensors):
             log.info("calibration ranges from the cache")
@@ -100,7 +111,7 @@ def calibrate(
     def observe(name: str, array) -> None:
         histograms[name].update(array)
 
-    count = collect(model, data, list(tensors), observe, memory_budget)
+    count = collect(model, data, list(tensors), observe, memory_budget, weights=weights)
     ranges = {name: compute_amax(hist, calibrator, percentile) for name, hist in histograms.items()}
     path = save_ranges(key, ranges, cache_dir) if key is not None else None
     return CalibrationResult(ranges, cached=False, feeds=count, cache_file=path, settings=settings)

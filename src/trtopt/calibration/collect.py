@@ -6,6 +6,13 @@ dropped before the next batch, so memory stays bounded by one batch's activation
 growing with the data set (ONNX Runtime's quantize_static keeps every activation of every
 sample). When one batch's activations would exceed ``memory_budget`` bytes, the tensors are
 split into groups and the data set is streamed once per group.
+
+The weights of an in-memory model are not copied for ONNX Runtime: the model it loads has its
+large initializers turned into graph inputs (``split``, ``split_graph``), and every run feeds
+them straight from the arrays the caller already holds (ONNX Runtime wraps a contiguous numpy
+input without copying it). A session built from the whole model would hold two more copies
+of the weights while it runs: the serialized model and ONNX Runtime's own initializers (more
+with pre-packed MatMul weights).
 """
 
 from __future__ import annotations
@@ -13,13 +20,15 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from ..graph_io import nbytes, peek
 from .sources import DataSet
 
 log = logging.getLogger("trtopt.calibration")
@@ -33,6 +42,27 @@ SMALL_INITIALIZER = 4096
 """Initializers up to this many bytes stay in the weightless copy (shape constants)."""
 
 Observer = Callable[[str, np.ndarray], None]
+Weights = Mapping[str, np.ndarray]
+
+FEEDABLE = frozenset(
+    np.dtype(t)
+    for t in (
+        np.float32,
+        np.float16,
+        np.float64,
+        np.int8,
+        np.int16,
+        np.int32,
+        np.int64,
+        np.uint8,
+        np.uint16,
+        np.uint32,
+        np.uint64,
+        np.bool_,
+    )
+)
+"""Element types ONNX Runtime takes from a numpy input as they are. Weights of other types
+(bfloat16, float8, 4-bit) stay initializers of the model."""
 
 
 def _session(
@@ -65,15 +95,19 @@ def _session(
 def _open(model: bytes | str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # Basic level only: constant folding and node-eliminating rewrites, never fusions that
-    # would change what an exposed tensor holds.
+    # would change what an exposed tensor holds. (The extended level measured no faster with
+    # every quantized input exposed; the full level's NCHWc layouts fail on weights fed as
+    # inputs. The memory settings, arena and pre-packing, matter little once the weights are
+    # fed: the session then holds one batch's activations.)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
-def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+def weightless(model: onnx.ModelProto, feedable_only: bool = False) -> onnx.ModelProto:
     """A copy of ``model`` whose large initializers are graph inputs of the same type and
-    shape: shape inference gives the same result without copying the weights."""
+    shape: shape inference gives the same result without copying the weights.
+    ``feedable_only``: only initializers ONNX Runtime can be fed from numpy (FEEDABLE)."""
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
     light.opset_import.extend(model.opset_import)
@@ -83,7 +117,8 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     graph.output.extend(model.graph.output)
     graph.value_info.extend(model.graph.value_info)
     for tensor in model.graph.initializer:
-        if tensor.ByteSize() > SMALL_INITIALIZER:
+        large = tensor.ByteSize() > SMALL_INITIALIZER and not _external(tensor)
+        if large and (not feedable_only or _feedable_type(tensor.data_type)):
             graph.input.append(
                 onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
             )
@@ -92,14 +127,115 @@ def weightless(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def _static_bytes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int]:
-    """Bytes per tensor for one batch from shape inference; unknown sizes get a guess."""
+def split(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``model`` with its large initializers turned into graph inputs of the same type and
+    shape, and their values (one copy, made here; the caller may drop ``model``)."""
+    light = weightless(model, feedable_only=True)
+    names = {i.name for i in light.graph.input}
+    weights = {
+        t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer if t.name in names
+    }
+    return light, weights
+
+
+def split_graph(
+    graph: gs.Graph, external: bool = False
+) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """``graph`` exported with its large constants as graph inputs, and their values: the
+    graph's own arrays, not copies (weights still held lazily are loaded into the graph
+    once; ones left on disk are read for the caller only).
+
+    ``external``: the constants stay initializers, as external data whose bytes ONNX Runtime
+    is handed from the arrays (``SessionOptions.add_external_initializers``): the session
+    then optimizes and runs exactly the graph a whole export would give (constant weights),
+    without serializing them. Fed as inputs, the weights are not constants to ONNX Runtime,
+    which then neither fuses Q/DQ around them nor pre-packs them: the numbers differ."""
+    light = graph.copy()  # shares the constants' values; the copies are changed below
+    originals = graph.tensors()
+    weights = {}
+    for name, tensor in light.tensors().items():
+        if not isinstance(tensor, gs.Constant) or nbytes(tensor) <= SMALL_INITIALIZER:
+            continue
+        if not _feedable(tensor):
+            continue
+        values = np.ascontiguousarray(peek(originals[name]))
+        weights[name] = values
+        if external:
+            tensor._values = _Handed(name, values)
+            continue
+        tensor.to_variable(dtype=values.dtype, shape=list(values.shape))
+        tensor.type = "tensor_type"  # what gs.Variable() sets and to_variable() does not
+        light.inputs.append(tensor)
+    return gs.export_onnx(light, do_type_check=False), weights
+
+
+class _Handed(gs.ir.tensor.LazyValues):
+    """Values graphsurgeon exports as an external-data reference (it exports a LazyValues
+    through its ``tensor``); the bytes are handed to ONNX Runtime separately."""
+
+    LOCATION = "trtopt-in-memory"
+
+    def __init__(self, name: str, values: np.ndarray) -> None:
+        # LazyValues.__init__ would read shape and type from a tensor holding the data.
+        data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+        self.tensor = onnx.TensorProto(name=name, data_type=data_type, dims=values.shape)
+        self.tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (
+            ("location", self.LOCATION),
+            ("offset", "0"),
+            ("length", str(values.nbytes)),
+        ):
+            entry = self.tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.shape, self.dtype, self.nbytes = values.shape, values.dtype, values.nbytes
+
+
+def _feedable(constant: gs.Constant) -> bool:
+    export = constant.export_dtype
     try:
-        inferred = onnx.shape_inference.infer_shapes(weightless(model), data_prop=True)
+        dtype = np.dtype(constant.dtype)
+        exported_as_held = export is None or np.dtype(export) == dtype
+    except TypeError:  # an ONNX type numpy has no name for (exported as another type)
+        return False
+    return exported_as_held and dtype in FEEDABLE
+
+
+def _external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _feedable_type(data_type: int) -> bool:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)) in FEEDABLE
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _static_bytes(
+    model: onnx.ModelProto, names: Sequence[str], inputs: Mapping[str, tuple] | None = None
+) -> dict[str, int]:
+    """Bytes per tensor for one batch from shape inference; unknown sizes get a guess.
+
+    ``inputs``: the shapes of one batch's inputs (the first feed's). With them, inference
+    sees the real batch and sequence sizes rather than symbolic dims, whose sizes would have
+    to be guessed (and a guess large enough to be safe splits the tensors into needless
+    groups, each a full pass over the data)."""
+    light = weightless(model)
+    if inputs:
+        del light.graph.value_info[:]  # declared with symbolic dims: inferred again below
+        for value in light.graph.input:
+            shape = inputs.get(value.name)
+            dims = value.type.tensor_type.shape.dim
+            if shape is not None and len(dims) == len(shape):
+                for dim, size in zip(dims, shape):
+                    dim.Clear()
+                    dim.dim_value = int(size)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception:  # shape inference is advisory here
         inferred = model
     sizes = {}
-    infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+    infos = {v.name: v for v in (*inferred.graph.output, *inferred.graph.value_info)}
     for name in names:
         info = infos.get(name)
         size = UNKNOWN_TENSOR_BYTES
@@ -115,9 +251,15 @@ def _static_bytes(model: onnx.ModelProto, names: Sequence[str]) -> dict[str, int
     return sizes
 
 
-def groups(model: onnx.ModelProto, names: Sequence[str], memory_budget: int) -> list[list[str]]:
-    """Split ``names`` (in order) into groups whose estimated bytes fit ``memory_budget``."""
-    sizes = _static_bytes(model, names)
+def groups(
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    memory_budget: int,
+    inputs: Mapping[str, tuple] | None = None,
+) -> list[list[str]]:
+    """Split ``names`` (in order) into groups whose estimated bytes fit ``memory_budget``
+    (``inputs``: one batch's input shapes, see ``_static_bytes``)."""
+    sizes = _static_bytes(model, names, inputs)
     result: list[list[str]] = [[]]
     used = 0
     for name in names:
@@ -136,19 +278,27 @@ def collect(
     observe: Observer,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     max_group: int | None = None,
+    weights: Weights | None = None,
 ) -> int:
     """Run ``data`` through ``model`` and call ``observe(name, array)`` for every tensor of
     ``tensors`` on every feed. Returns the number of feeds streamed (per group).
 
     ``model`` may be a file: its weights are then left on disk for ONNX Runtime to read (a
-    model over 2 GiB cannot be serialized in memory at all)."""
+    model over 2 GiB cannot be serialized in memory at all). ``weights``: the values of
+    ``model``'s graph inputs that stand for its weights (``split``, ``split_graph``); an
+    in-memory ``model`` given without them is split here."""
     folder = None
     if isinstance(model, Path):
         folder = model.parent
         model = onnx.load(str(model), load_external_data=False)
-    graph_inputs = {i.name for i in model.graph.input}
-    fed = [name for name in tensors if name in graph_inputs]
-    planned = groups(model, [n for n in tensors if n not in graph_inputs], memory_budget)
+    elif weights is None:
+        model, weights = split(model)
+    weights = weights or {}
+    graph_inputs = {i.name for i in model.graph.input} - set(weights)
+    fed = [name for name in tensors if name in graph_inputs or name in weights]
+    shapes = {name: np.shape(array) for name, array in data.first().items()}
+    computed = [n for n in tensors if n not in graph_inputs and n not in weights]
+    planned = groups(model, computed, memory_budget, shapes)
     if max_group:
         planned = [g[i : i + max_group] for g in planned for i in range(0, len(g), max_group)]
     if len(planned) > 1:
@@ -157,7 +307,7 @@ def collect(
     if fed and not planned:
         for feed in data.feeds():
             for name in fed:
-                observe(name, feed[name])
+                observe(name, feed[name] if name in feed else weights[name])
             count += 1
     for index, group in enumerate(planned):
         session = _session(model, group, folder)
@@ -165,8 +315,8 @@ def collect(
         for feed in data.feeds():
             if index == 0:  # graph inputs need no run: observe them with the first group
                 for name in fed:
-                    observe(name, feed[name])
-            outputs = session.run(list(group), feed)
+                    observe(name, feed[name] if name in feed else weights[name])
+            outputs = session.run(list(group), {**feed, **weights})
             for name, array in zip(group, outputs):
                 observe(name, array)
             del outputs

@@ -9,6 +9,7 @@ Every placement rule below cites TensorRT's "Working with Quantized Types" guida
 
 from __future__ import annotations
 
+import gc
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +20,14 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field, field_validator
 
-from ..calibration import calibrate, tensorrt_cache
+from ..calibration import calibrate, split_graph, tensorrt_cache
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET
 from ..errors import DataError, RecipeError
+from ..graph_io import peek
 from .base import Pass, PassContext, PassOptions
 from .graph_shapes import computed_shapes
 from .registry import register_pass
-from .sensitivity import AutoOptions, Judge, search
+from .sensitivity import AutoOptions, Candidate, Judge, search
 
 INT8_MAX = 127
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -252,8 +254,14 @@ class Quantize(Pass):
                 raise ValueError("bins must be a power of two")
             return value
 
+    def __init__(self, options: PassOptions | None = None) -> None:
+        super().__init__(options)
+        self._quantized_weights: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
+        """INT8 values and scales per (weight, axis), shared by the search's candidates."""
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         options: Any = self.options
+        self._quantized_weights.clear()
         graph.toposort()
         name_nodes(graph)
         graph = with_types(graph)
@@ -273,7 +281,10 @@ class Quantize(Pass):
                 "inputs (declare data.calibration)"
             )
         data.first()  # names, dtypes and shapes checked before any work
-        reference = gs.export_onnx(graph.copy(), do_type_check=False)
+        # The graph as ONNX Runtime runs it, its weights graph inputs fed from the graph's own
+        # arrays: a whole export would hold another copy of every weight, and the serialized
+        # model and ONNX Runtime's initializers two more.
+        reference, weights = split_graph(graph)
         result = calibrate(
             reference,
             data,
@@ -283,7 +294,9 @@ class Quantize(Pass):
             bins=options.bins,
             memory_budget=options.memory_budget,
             use_cache=options.cache,
+            weights=weights,
         )
+        del reference, weights
         ranges = result.ranges
         ctx.details["calibration"] = {
             "data": data.describe(),
@@ -300,16 +313,15 @@ class Quantize(Pass):
         kept: list[dict] = []
         excluded: set[str] = set()
         if options.auto is not None:
-            feeds = (ctx.validation or ctx.feeds)[: options.auto.samples]
-            if not feeds:
-                raise DataError("quantize.auto needs validation data (data.validation or check)")
-            try:
-                judge = Judge(reference, feeds, options.auto)
-            except ValueError as error:
-                raise RecipeError(f"quantize: {error}") from None
+            # Every judgement runs a candidate whose weights ONNX Runtime is handed as arrays
+            # (shared with this graph, INT8 ones quantized once): for a large model, exporting
+            # and serializing every candidate whole cost more than running it.
+            judge = self._judge(split_graph(graph, external=True), ctx)
             result_search = search(
                 plan.units,
-                lambda keep: gs.export_onnx(self.apply(graph.copy(), plan, ranges, keep)),
+                lambda keep: split_graph(
+                    self.apply(graph.copy(), plan, ranges, keep), external=True
+                ),
                 judge,
             )
             excluded = {k["node"] for k in result_search.kept}
@@ -323,7 +335,22 @@ class Quantize(Pass):
         graph = self.apply(graph, plan, ranges, excluded)
         ctx.details["quantized_nodes"] = len([u for u in plan.units if u not in excluded])
         ctx.details["excluded_nodes"] = kept
+        self._quantized_weights.clear()
+        # graphsurgeon tensors reference themselves (through their input and output lists),
+        # so the FP32 weights replaced above are freed only by the cyclic collector, which
+        # may not run before the caller exports the graph: another copy of the weights.
+        gc.collect()
         return graph
+
+    def _judge(self, reference: Candidate, ctx: PassContext) -> Judge:
+        auto: Any = self.options.auto
+        feeds = (ctx.validation or ctx.feeds)[: auto.samples]
+        if not feeds:
+            raise DataError("quantize.auto needs validation data (data.validation or check)")
+        try:
+            return Judge(reference, feeds, auto)
+        except ValueError as error:
+            raise RecipeError(f"quantize: {error}") from None
 
     # -- placement ------------------------------------------------------------------------
 
@@ -396,13 +423,14 @@ class Quantize(Pass):
                 return []
             tensor = node.inputs[slot]
             constant = isinstance(tensor, gs.Constant)
-            if not is_float(tensor) or (constant and np.asarray(tensor.values).dtype != np.float32):
+            # dtype and shape of a constant are known without loading its values.
+            if not is_float(tensor) or (constant and tensor.dtype != np.float32):
                 return []  # only FP32 tensors are quantized (already-quantized inputs are not)
             if _is_dequantized(tensor):
                 return []
             weight_axis = None
             if constant:
-                rank = np.asarray(tensor.values).ndim
+                rank = len(tensor.shape)
                 if node.op == "MatMul":
                     weight_axis = rank - 1 if rank >= 2 else None
                 elif axis is not None and axis >= 0 and rank > axis:
@@ -490,26 +518,19 @@ class Quantize(Pass):
         return graph
 
     def _weight(self, graph: gs.Graph, tensor: gs.Constant, site: Site) -> gs.Variable:
-        values = np.asarray(tensor.values, dtype=np.float32)
+        # The automatic search applies the plan to a fresh copy of the graph for every
+        # judgement: each weight is quantized once (per run of the pass) and shared.
+        key = (tensor.name, site.weight_axis)
+        if key not in self._quantized_weights:
+            values = np.asarray(peek(tensor), np.float32)  # an on-disk weight is not kept
+            self._quantized_weights[key] = quantize_weight(values, site.weight_axis)
+        quantized, scale = self._quantized_weights[key]
         axis = site.weight_axis
-        if axis is None:
-            amax = np.array(np.abs(values).max(), dtype=np.float32)
-            shape_for = amax
-        else:
-            reduce = tuple(i for i in range(values.ndim) if i != axis)
-            amax = np.abs(values).max(axis=reduce).astype(np.float32)
-            shape_for = amax.reshape([-1 if i == axis else 1 for i in range(values.ndim)])
-        # An all-zero channel gets scale 1: its values quantize to 0 either way, and a zero
-        # scale is invalid.
-        scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
-        scale_b = np.where(shape_for > 0, shape_for / INT8_MAX, 1.0).astype(np.float32)
-        # Narrow range [-127, 127]: TensorRT's symmetric INT8.
-        quantized = np.clip(np.rint(values / scale_b), -INT8_MAX, INT8_MAX).astype(np.int8)
         name = tensor.name
         q_const = gs.Constant(f"{name}_quantized", quantized)
         scale_c = gs.Constant(f"{name}_scale", scale)
         zero = gs.Constant(f"{name}_zero_point", np.zeros(scale.shape, dtype=np.int8))
-        out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=list(values.shape))
+        out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=list(quantized.shape))
         attrs = {"axis": axis} if axis is not None else {}
         graph.nodes.append(
             gs.Node(
@@ -521,6 +542,24 @@ class Quantize(Pass):
             )
         )
         return out
+
+
+def quantize_weight(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric INT8 weights and their scales (one per slice along ``axis``, or one)."""
+    if axis is None:
+        amax = np.array(np.abs(values).max(), dtype=np.float32)
+        shape_for = amax
+    else:
+        reduce = tuple(i for i in range(values.ndim) if i != axis)
+        amax = np.abs(values).max(axis=reduce).astype(np.float32)
+        shape_for = amax.reshape([-1 if i == axis else 1 for i in range(values.ndim)])
+    # An all-zero channel gets scale 1: its values quantize to 0 either way, and a zero
+    # scale is invalid.
+    scale = np.where(amax > 0, amax / INT8_MAX, 1.0).astype(np.float32)
+    scale_b = np.where(shape_for > 0, shape_for / INT8_MAX, 1.0).astype(np.float32)
+    # Narrow range [-127, 127]: TensorRT's symmetric INT8.
+    quantized = np.clip(np.rint(values / scale_b), -INT8_MAX, INT8_MAX).astype(np.int8)
+    return quantized, scale
 
 
 def _qdq(graph: gs.Graph, tensor: gs.Tensor, amax: float) -> gs.Variable:

@@ -17,7 +17,8 @@ compares it with the pass's input graph (the reference) the way the accuracy che
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
@@ -82,15 +83,25 @@ class AutoOptions(PassOptions):
         return 1.0 - value if HIGHER_IS_BETTER[self.metric] else value
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
+Candidate = onnx.ModelProto | tuple[onnx.ModelProto, Mapping[str, np.ndarray]]
+"""A model, or a model whose large initializers are external data with their values beside it
+(``calibration.split_graph(graph, external=True)``): ONNX Runtime is handed the arrays rather
+than a serialized copy, which for a large model costs more than the judgement's runs."""
+
+
+def session(model: Candidate) -> ort.InferenceSession:
+    proto, weights = (model, {}) if isinstance(model, onnx.ModelProto) else model
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if weights:
+        values = [ort.OrtValue.ortvalue_from_numpy(array) for array in weights.values()]
+        options.add_external_initializers(list(weights), values)
     return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
 
 
-def run(model: onnx.ModelProto, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+def run(model: Candidate, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
     sess = session(model)
     names = [o.name for o in sess.get_outputs()]
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
@@ -141,19 +152,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 class Judge:
     """Judges candidate models against the reference outputs on fixed feeds."""
 
-    reference_model: onnx.ModelProto
+    reference_model: Candidate | None
     feeds: Sequence[Feed]
     options: AutoOptions
     evaluations: int = 0
     reference: list[dict[str, np.ndarray]] = field(init=False)
 
     def __post_init__(self) -> None:
+        assert self.reference_model is not None
         self.reference = run(self.reference_model, self.feeds)
+        self.reference_model = None  # only its outputs are needed from here on
         unknown = [o for o in self.options.outputs or [] if o not in self.reference[0]]
         if unknown:
             raise ValueError(f"auto.outputs names unknown outputs {unknown}")
 
-    def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
+    def __call__(self, model: Candidate) -> tuple[float, float]:
         """(metric value, cosine) of ``model``; cosine breaks ties between layers."""
         self.evaluations += 1
         outputs = run(model, self.feeds)
@@ -171,6 +184,8 @@ class SearchResult:
     """The metric of the final graph."""
     all_lowered_value: float
     evaluations: int
+    seconds: float = 0.0
+    """Wall time of the search."""
 
     def to_json(self, metric: str, limit: float) -> dict:
         return {
@@ -180,22 +195,29 @@ class SearchResult:
             "value": self.value,
             "value_all_lowered": self.all_lowered_value,
             "evaluations": self.evaluations,
+            "seconds": round(self.seconds, 3),
             "kept": self.kept,
         }
 
 
 def search(
     candidates: Sequence[str],
-    build: Callable[[set[str]], onnx.ModelProto],
+    build: Callable[[set[str]], Candidate],
     judge: Judge,
 ) -> SearchResult:
     """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes."""
     options = judge.options
+    start = time.perf_counter()
     everything, _ = judge(build(set()))
     log.info("auto: %s = %.6g with every layer lowered", options.metric, everything)
     if options.passes(everything) or not candidates:
         return SearchResult(
-            [], options.passes(everything), everything, everything, judge.evaluations
+            [],
+            options.passes(everything),
+            everything,
+            everything,
+            judge.evaluations,
+            time.perf_counter() - start,
         )
     effects: dict[str, tuple[float, float, float]] = {}
     all_names = set(candidates)
@@ -235,4 +257,5 @@ def search(
         for name in order
         if name in kept
     ]
-    return SearchResult(listed, reached, final, everything, judge.evaluations)
+    seconds = time.perf_counter() - start
+    return SearchResult(listed, reached, final, everything, judge.evaluations, seconds)
