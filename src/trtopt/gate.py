@@ -67,6 +67,23 @@ class GateSettings:
             float(meta.get("error_quantile") or accuracy.DEFAULT_QUANTILE),
         )
 
+    def compare(
+        self,
+        reference: accuracy.Outputs,
+        candidate: accuracy.Outputs,
+        baseline: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> accuracy.AccuracyResult:
+        """Judge ``candidate``'s outputs against ``reference``'s by these settings."""
+        return accuracy.compare(
+            reference,
+            candidate,
+            self.thresholds_for,
+            self.class_scores,
+            quantile=self.quantile,
+            top_k=self.top_k,
+            baseline=baseline,
+        )
+
 
 @dataclass
 class CheckResult:
@@ -169,15 +186,7 @@ def run_golden(
 ) -> tuple[accuracy.AccuracyResult, list[dict[str, np.ndarray]]]:
     """Run ``runner`` on the golden inputs and compare with the golden outputs."""
     candidate = accuracy.run(runner, golden.inputs)
-    result = accuracy.compare(
-        list(golden.outputs),
-        candidate,
-        settings.thresholds_for,
-        settings.class_scores,
-        quantile=settings.quantile,
-        top_k=settings.top_k,
-        baseline=baseline,
-    )
+    result = settings.compare(list(golden.outputs), candidate, baseline)
     return result, [{n: np.asarray(a) for n, a in c.items()} for c in candidate]
 
 

@@ -291,16 +291,7 @@ def _compare(
     baseline: dict[str, dict[str, Any]] | None = None,
 ) -> accuracy.AccuracyResult:
     """Judge outputs by the recipe's check settings: every stage and the artifact alike."""
-    settings = gate.GateSettings.from_recipe(recipe)
-    return accuracy.compare(
-        reference,
-        candidate,
-        settings.thresholds_for,
-        settings.class_scores,
-        quantile=settings.quantile,
-        top_k=settings.top_k,
-        baseline=baseline,
-    )
+    return gate.GateSettings.from_recipe(recipe).compare(reference, candidate, baseline)
 
 
 def _run_passes(
