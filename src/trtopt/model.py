@@ -143,11 +143,16 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def model_files(path: Path) -> list[Path]:
+    """A model file and the external data files it references, in that order."""
+    header = onnx.load(str(path), load_external_data=False)
+    return [path, *external_data_files(header, path.parent)]
+
+
 def model_sha256(path: Path) -> str:
     """Hash of a model: its file's sha256, or with external data, the sha256 of the model
     file's and its data files' sha256s in order."""
-    header = onnx.load(str(path), load_external_data=False)
-    files = [path, *external_data_files(header, path.parent)]
+    files = model_files(path)
     if len(files) == 1:
         return file_digest(path)
     return hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()

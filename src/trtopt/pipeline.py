@@ -55,9 +55,9 @@ from .errors import (
 )
 from .model import (
     EXTERNAL_DATA_THRESHOLD,
-    external_data_files,
     file_sha256,
     load_model,
+    model_files,
     model_sha256,
     op_histogram,
 )
@@ -644,21 +644,17 @@ def _plan(
 ) -> Plan:
     """The cache keys' starting point: the model's files and declared inputs; the data's
     hash (calibration, validation and check data) joins only the keys of passes that read it."""
-    header = onnx.load(str(model_path), load_external_data=False)
-    files = [model_path, *external_data_files(header, model_path.parent)]
     inputs = recipe.model_dump(mode="json")["inputs"]
 
     def data_digest() -> str:
         return digest(calibration.fingerprint(), feeds_digest(validation), feeds_digest(data))
 
-    return Plan(store, source_digest(files, inputs), data_digest)
+    return Plan(store, source_digest(model_files(model_path), inputs), data_digest)
 
 
 def _on_disk(model_path: Path) -> int:
     """Bytes of a model file and its external data."""
-    header = onnx.load(str(model_path), load_external_data=False)
-    files = [model_path, *external_data_files(header, model_path.parent)]
-    return sum(f.stat().st_size for f in files)
+    return sum(f.stat().st_size for f in model_files(model_path))
 
 
 def _compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
