@@ -9,9 +9,7 @@ themselves create (e.g. the FP16 copies of converted weights), not multiples of 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -237,10 +235,6 @@ def _is_text(constant: gs.Constant) -> bool:
         return False
 
 
-def has_external_values(graph: gs.Graph) -> bool:
-    return any(isinstance(c._values, ExternalValues) for c in constants(graph))
-
-
 def save_graph(
     graph: gs.Graph,
     path: Path,
@@ -283,16 +277,3 @@ def save_graph(
         data_path.unlink()
         return [path]
     return [path, data_path]
-
-
-@contextmanager
-def runnable(graph: gs.Graph, folder: Path) -> Iterator[onnx.ModelProto | Path]:
-    """``graph`` as ONNX Runtime should load it: in memory when its weights are; else saved
-    under ``folder`` (copied file to file, removed afterwards) for the session to read."""
-    if not has_external_values(graph):
-        yield export_model(graph)
-        return
-    with tempfile.TemporaryDirectory(dir=folder) as scratch:
-        path = Path(scratch) / "model.onnx"
-        save_graph(graph, path, external_data=True)
-        yield path

@@ -18,10 +18,7 @@ with pre-packed MatMul weights).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -65,11 +62,8 @@ FEEDABLE = frozenset(
 (bfloat16, float8, 4-bit) stay initializers of the model."""
 
 
-def _session(
-    model: onnx.ModelProto, outputs: Sequence[str], folder: Path | None = None
-) -> ort.InferenceSession:
-    """A session with ``outputs`` exposed. ``folder``: where ``model``'s external data lives
-    (then the model is a header, written beside its data for ONNX Runtime to read)."""
+def _session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSession:
+    """A session with ``outputs`` exposed."""
     # The outputs are appended to ``model`` for the time it takes to serialize it, then
     # removed: a copy of the model (its weights) per group would double the peak memory.
     existing = {o.name for o in model.graph.output}
@@ -77,22 +71,10 @@ def _session(
     for name in added:
         model.graph.output.append(onnx.ValueInfoProto(name=name))
     try:
-        if folder is None:
-            return _open(model.SerializeToString())
-        # Beside its data, under a name of its own: the locations are relative to the header.
-        handle, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
-        os.close(handle)
-        try:
-            onnx.save_model(model, name)
-            return _open(name)  # ONNX Runtime reads the weights while it builds the session
-        finally:
-            os.unlink(name)
+        serialized = model.SerializeToString()
     finally:
         for _ in added:
             del model.graph.output[-1]
-
-
-def _open(model: bytes | str) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # Basic level only: constant folding and node-eliminating rewrites, never fusions that
     # would change what an exposed tensor holds. (The extended level measured no faster with
@@ -101,7 +83,7 @@ def _open(model: bytes | str) -> ort.InferenceSession:
     # fed: the session then holds one batch's activations.)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
 
 
 def weightless(model: onnx.ModelProto, feedable_only: bool = False) -> onnx.ModelProto:
@@ -272,7 +254,7 @@ def groups(
 
 
 def collect(
-    model: onnx.ModelProto | Path,
+    model: onnx.ModelProto,
     data: DataSet,
     tensors: Sequence[str],
     observe: Observer,
@@ -283,15 +265,10 @@ def collect(
     """Run ``data`` through ``model`` and call ``observe(name, array)`` for every tensor of
     ``tensors`` on every feed. Returns the number of feeds streamed (per group).
 
-    ``model`` may be a file: its weights are then left on disk for ONNX Runtime to read (a
-    model over 2 GiB cannot be serialized in memory at all). ``weights``: the values of
+    ``weights``: the values of
     ``model``'s graph inputs that stand for its weights (``split``, ``split_graph``); an
     in-memory ``model`` given without them is split here."""
-    folder = None
-    if isinstance(model, Path):
-        folder = model.parent
-        model = onnx.load(str(model), load_external_data=False)
-    elif weights is None:
+    if weights is None:
         model, weights = split(model)
     weights = weights or {}
     graph_inputs = {i.name for i in model.graph.input} - set(weights)
@@ -310,7 +287,7 @@ def collect(
                 observe(name, feed[name] if name in feed else weights[name])
             count += 1
     for index, group in enumerate(planned):
-        session = _session(model, group, folder)
+        session = _session(model, group)
         count = 0
         for feed in data.feeds():
             if index == 0:  # graph inputs need no run: observe them with the first group

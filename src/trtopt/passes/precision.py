@@ -20,9 +20,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field
 
-from ..calibration import collect
+from ..calibration import collect, split_graph
 from ..errors import DataError, RecipeError
-from ..graph_io import peek, runnable
+from ..graph_io import peek
 from .base import Pass, PassContext, PassOptions
 from .quantize import (
     matches,
@@ -254,8 +254,11 @@ class Precision(Pass):
             entry[1] += float(np.count_nonzero(nonzero))
             entry[2] += float(np.count_nonzero(nonzero & (values < FP16_TINY / 2)))
 
-        with runnable(graph, ctx.scratch_dir) as model:
-            collect(model, data, sorted(watched), observe)
+        # The weights are fed from the graph's arrays (read from disk for a large model),
+        # never serialized: the session adds no copy of them.
+        model, weights = split_graph(graph)
+        collect(model, data, sorted(watched), observe, weights=weights)
+        del model, weights
         found = {}
         for node in float_nodes:
             if node.name in already:
