@@ -50,6 +50,7 @@ def test_compile_exported_models(model_path, recipe_for, write_recipe, tmp_path)
     assert result.exit_code == 0, result.report["accuracy"]["failures"]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == [
+        ".trtopt-output",
         "model.onnx",
         "report.html",
         "report.json",

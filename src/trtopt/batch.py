@@ -41,6 +41,8 @@ class Job:
     overrides: list[str]
     cache_dir: str | None
     use_cache: bool
+    force: bool = False
+    """Replace a non-empty output folder that trtopt did not write (see pipeline.compile)."""
 
 
 def worst_exit_code(results: Sequence[BatchResult]) -> int:
@@ -88,6 +90,7 @@ def run(job: Job, recipe: Recipe | None = None) -> BatchResult:
             overrides=None if recipe is not None else job.overrides,
             cache_dir=job.cache_dir,
             use_cache=job.use_cache,
+            force=job.force,
         )
     except TrtoptError as error:
         verdict = "incomplete" if type(error).__name__ == "BackendUnavailableError" else "error"
@@ -131,12 +134,14 @@ def compile_many(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: Callable[[BatchResult], None] | None = None,
+    force: bool = False,
 ) -> list[BatchResult]:
     """Compile several recipes, ``jobs`` at a time in separate processes; results in the
     order of ``recipes``. One recipe's failure (any exit code) never stops the others.
 
     ``output_dir`` puts each recipe's output in ``output_dir/<recipe name>``; otherwise each
-    goes where its recipe says. ``progress`` is called as each recipe finishes.
+    goes where its recipe says. ``progress`` is called as each recipe finishes. ``force``:
+    as for :func:`trtopt.compile`.
     """
     overrides = list(overrides or [])
     results: dict[int, BatchResult] = {}
@@ -146,7 +151,7 @@ def compile_many(
         if isinstance(item, BatchResult):
             results[index] = item
         else:
-            pending.append((index, Job(str(path), item[1], overrides, cache, use_cache)))
+            pending.append((index, Job(str(path), item[1], overrides, cache, use_cache, force)))
     report = progress or (lambda result: None)
     for result in results.values():
         report(result)

@@ -28,7 +28,10 @@ def _progress(message: str) -> None:
 def cmd_compile(args: argparse.Namespace) -> int:
     cache = {"cache_dir": args.cache_dir, "use_cache": not args.no_cache}
     if args.ray is not None:
+        if args.force:
+            raise trtopt.UserError("--force is not supported with --ray", "--force")
         return _compile_on_ray(args, cache)
+    cache["force"] = args.force
     if len(args.recipe) == 1:
         result = trtopt.compile(
             args.recipe[0], output_dir=args.output, overrides=args.set, progress=_progress, **cache
@@ -257,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--cache-dir", **cache_dir)
     sub.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    sub.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an output folder that exists, is not empty and was not written by "
+        "trtopt (never a file, a symlink, or a folder holding the compile's inputs)",
+    )
 
     sub = verb("optimize", cmd_optimize, "Run graph passes on a model, no recipe needed.")
     sub.add_argument("input")

@@ -55,6 +55,7 @@ from .errors import (
 )
 from .model import (
     EXTERNAL_DATA_THRESHOLD,
+    external_data_files,
     file_sha256,
     load_model,
     model_files,
@@ -63,6 +64,7 @@ from .model import (
 )
 from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass
 from .recipe import PassSpec, Recipe, load_recipe
+from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
 from .staging import stage as stage_output
 
@@ -413,6 +415,7 @@ def compile(
     progress: Callable[[str], None] | None = None,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
+    force: bool = False,
 ) -> CompileResult:
     """Compile a recipe: passes, build, accuracy check, report; the exit code is the verdict.
 
@@ -422,6 +425,10 @@ def compile(
     ``cache_dir`` is the stage cache's folder (default: ``$TRTOPT_CACHE_DIR``, the recipe's
     ``cache.dir``, the platform's cache folder); ``use_cache=False`` (or the recipe's
     ``cache.enabled: false``) neither reads nor writes it.
+
+    The output folder is replaced whole, so it must be one trtopt wrote (it holds
+    ``staging.MARKER``), or empty, or new; ``force=True`` also replaces another non-empty
+    folder. A file, a symlink, or a folder holding the compile's inputs is never replaced.
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -433,6 +440,8 @@ def compile(
     store = None
     if use_cache and recipe.cache.enabled:
         store = StageCache(resolve_cache_dir(cache_dir, recipe.cache.dir))
+    cache_root = [store.root] if store is not None else []
+    check_output(out, [*recipe.input_paths(), *cache_root], force)
     with _quiet_polygraphy():
         return _compile(recipe, model_path, out.resolve(), say, store)
 
@@ -448,6 +457,7 @@ def _compile(
         source = load_model(model_path, external_data=False)  # weights stay on disk
     except TrtoptError as error:
         raise type(error)(error.message, f"{recipe.place('model')}: {model_path}") from None
+    refuse_inputs(out, external_data_files(source, model_path.parent))
     _apply_input_overrides(source, recipe)
     golden = gate.golden_for_recipe(recipe, source)  # a missing or stale one fails before work
     data, data_source = _check_feeds(recipe, source)

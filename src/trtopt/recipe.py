@@ -322,6 +322,8 @@ class Recipe(Strict):
     cache: CacheSpec = CacheSpec()
 
     _document: Document | None = PrivateAttr(default=None)
+    _folder: Path | None = PrivateAttr(default=None)
+    """The recipe file's folder, where the default output goes (None: not from a file)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -343,7 +345,35 @@ class Recipe(Strict):
         return {name: spec.range for name, spec in self.inputs.items() if spec.range}
 
     def output_dir(self) -> Path:
-        return Path(self.output or Path("build") / self.name)
+        """`output`, else build/<name> beside the recipe file (so every verb, from any
+        folder, finds the same one)."""
+        if self.output:
+            return Path(self.output)
+        return (self._folder or Path()) / "build" / self.name
+
+    def input_paths(self) -> list[Path]:
+        """Files and folders a compile of this recipe reads (its own files, `extends`
+        included; the model, data, golden and baseline files, caches, plugins): an output
+        folder may be none of them and hold none of them. A glob stands for the folder
+        before its first wildcard."""
+        dumped = self.model_dump(mode="json")
+        found: list[str] = [*self.plugins]
+        for path in PATH_FIELDS:
+            value: Any = dumped
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if isinstance(value, str) and path != ("output",):
+                found.append(value)
+        if self._document is not None:
+            found += [place.file for place in self._document.places.values()]
+        paths = []
+        for text in dict.fromkeys(found):
+            parts = Path(text).parts
+            cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+            path = Path(*parts[:cut]) if cut else Path(text)
+            if cut is not None or path.exists():
+                paths.append(path.absolute())
+        return paths
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
@@ -438,7 +468,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     for text in overrides or []:
         key_path, value = parse_override(text, Path.cwd())
         document = document.with_value(key_path, value, Place(f"--set {text}"))
-    return recipe_from_document(document)
+    recipe = recipe_from_document(document)
+    recipe._folder = Path(path).resolve().parent
+    return recipe
 
 
 def recipe_from_document(document: Document) -> Recipe:

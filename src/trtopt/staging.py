@@ -1,6 +1,11 @@
-"""Output folders that change all at once: a compile writes into a staging folder beside the
-output and swaps it in only when it has finished, so a failed or killed compile leaves the
-previous output intact."""
+"""Output folders that change all at once, and only folders trtopt owns.
+
+A compile writes into a staging folder beside the output and swaps it in only when it has
+finished, so a failed or killed compile leaves the previous output intact. Every folder
+trtopt writes carries a marker file (:data:`MARKER`); an existing output is replaced only
+when it carries that mark or is empty (``force`` also allows another non-empty folder),
+never when it is a file or a symlink, or holds any of the compile's own inputs.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,71 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from .errors import UserError
+
+MARKER = ".trtopt-output"
+"""File inside every output folder trtopt writes: a later compile may replace that folder."""
+MARKER_TEXT = (
+    "This folder was written by trtopt; `trtopt compile` replaces it whole.\n"
+    "Delete this file to keep trtopt from ever replacing the folder.\n"
+)
+
+
+class OutputError(UserError):
+    """The output path names something trtopt must not replace."""
+
+
+def check_output(output_dir: Path, inputs: Iterable[Path] = (), force: bool = False) -> None:
+    """Refuse an output path whose replacement could destroy what trtopt did not write.
+
+    ``output_dir`` as the user gave it (not resolved: a symlink is refused, not followed).
+    ``inputs``: files and folders the compile reads (recipe, model, data, golden files, the
+    cache folder); the output may be none of them and hold none of them. ``force`` allows
+    replacing a non-empty folder without :data:`MARKER`, and nothing else.
+    """
+    where = os.path.abspath(output_dir)
+    if output_dir.is_symlink():
+        raise OutputError("the output is a symlink; name the real folder", where)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise OutputError("the output is a file, not a folder; trtopt never replaces a file", where)
+    refuse_inputs(output_dir, inputs)
+    if not output_dir.is_dir() or force or (output_dir / MARKER).is_file():
+        return
+    if any(output_dir.iterdir()):
+        raise OutputError(
+            f"the output folder exists and was not written by trtopt (no {MARKER}); "
+            "choose another folder, empty it, or pass --force to replace it",
+            where,
+        )
+
+
+def refuse_inputs(output_dir: Path, inputs: Iterable[Path]) -> None:
+    """Refuse an output folder that is, or holds, one of ``inputs``."""
+    resolved = output_dir.resolve()
+    for path in inputs:
+        path = Path(path).resolve()
+        if path == resolved or resolved in path.parents:
+            raise OutputError(
+                f"the output folder holds an input of this compile ({path}); "
+                "replacing the folder would delete it",
+                os.path.abspath(output_dir),
+            )
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _owner() -> str:
@@ -29,7 +98,11 @@ def stage(output_dir: Path) -> Path:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(output_dir)
     prefix = f".{output_dir.name}.staging-{_owner()}"
-    return Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
+    staging = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
+    # mkdtemp makes 0700 folders; an output folder gets the permissions the user's umask gives.
+    os.chmod(staging, 0o777 & ~_umask())
+    (staging / MARKER).write_text(MARKER_TEXT)
+    return staging
 
 
 def _recover(output_dir: Path) -> None:
@@ -71,7 +144,12 @@ def _exchange(a: Path, b: Path) -> bool:
 def commit(staging: Path, output_dir: Path) -> None:
     """Replace ``output_dir`` by ``staging``. Where the system can, both swap in one atomic
     step, so a kill at any moment leaves the old or the new output; elsewhere the old one is
-    renamed aside first and a later compile puts it back if a kill strands it there."""
+    renamed aside first and a later compile puts it back if a kill strands it there.
+
+    Whether the output may be replaced at all is :func:`check_output`'s question; a file or a
+    symlink is refused here too, whoever calls."""
+    if output_dir.is_symlink() or (output_dir.exists() and not output_dir.is_dir()):
+        raise OutputError("not a folder trtopt can replace (a file or a symlink)", str(output_dir))
     if output_dir.is_dir() and _exchange(staging, output_dir):
         shutil.rmtree(staging, ignore_errors=True)  # now holds the previous output
         return
