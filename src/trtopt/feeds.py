@@ -30,6 +30,15 @@ class InputInfo:
     shape: tuple[Dim, ...]
 
 
+def declared_dim(dim: onnx.TensorShapeProto.Dimension) -> Dim:
+    """A model dim as trtopt reads it: a positive size is fixed; a symbolic name stays a name;
+    -1, 0 and unset are dynamic with no name (None). Exporters such as Paddle write -1 for
+    "any size", and a feed of any size must be accepted there."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value if dim.dim_value > 0 else None
+    return dim.dim_param or None
+
+
 def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
     """The graph inputs that are not initializers, in declaration order."""
     initializers = {t.name for t in model.graph.initializer}
@@ -38,10 +47,7 @@ def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
         if value.name in initializers:
             continue
         tensor = value.type.tensor_type
-        dims: tuple[Dim, ...] = tuple(
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in tensor.shape.dim
-        )
+        dims: tuple[Dim, ...] = tuple(declared_dim(d) for d in tensor.shape.dim)
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         inputs.append(InputInfo(value.name, dtype, dims))
     return inputs

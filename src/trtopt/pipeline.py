@@ -228,12 +228,33 @@ def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
                 f"the recipe gives {len(spec.shape)} dims",
                 recipe.place("inputs", name, "shape"),
             )
-        for dim, value in zip(shape.dim, spec.shape):
+        for index, (dim, value) in enumerate(zip(shape.dim, spec.shape)):
+            _check_declared_dim(recipe, name, index, feeds.declared_dim(dim), value)
             dim.Clear()
             if isinstance(value, int):
                 dim.dim_value = value
             else:
                 dim.dim_param = value
+
+
+def _check_declared_dim(recipe: Recipe, name: str, index: int, fixed: Any, value: Any) -> None:
+    """A recipe dim may name or size a dynamic model dim, never change a fixed one: the
+    reference is the original model, which rejects any other size."""
+    if not isinstance(fixed, int) or value == fixed:
+        return
+    where = recipe.place("inputs", name, "shape", index)
+    what = f"input '{name}' dim {index} is fixed at {fixed} in the model"
+    if isinstance(value, int):
+        raise DataError(f"{what}; the recipe gives {value}", where)
+    size = recipe.check.dims.get(value)
+    if size is None and recipe.check.data.kind == "synthetic":
+        raise DataError(
+            f"{what}; the recipe names it '{value}', which check.dims does not set "
+            f"(synthetic data would use {feeds.DEFAULT_DIM}): set check.dims.{value}: {fixed}",
+            where,
+        )
+    if size is not None and size != fixed:
+        raise DataError(f"{what}; the recipe names it '{value}', check.dims gives {size}", where)
 
 
 def _check_feeds(recipe: Recipe, model: onnx.ModelProto) -> tuple[list[feeds.Feed], str]:

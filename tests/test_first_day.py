@@ -1,0 +1,134 @@
+"""A new user's first day (issue 13): models with -1 dims, the default output folder beside the
+recipe, recipe shapes that conflict with the model, `diff` on check results, a check of a recipe
+whose backend built nothing, the lint pass's findings, and the CLI's small frictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import trtopt
+from helpers import run_cli
+from trtopt.cli import main
+from trtopt.errors import EXIT_OK, EXIT_USER
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process (as `trtopt ARGS`): exit code, stdout, stderr."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def small_model(path: Path, dims: list[int | str]) -> Path:
+    """y = relu(x @ W) for x of shape ``dims`` (last dim 4): -1, 0 or a name for dynamic dims."""
+    weights = numpy_helper.from_array(
+        np.linspace(-1.0, 1.0, 12, dtype=np.float32).reshape(4, 3), "W"
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="matmul"),
+            helper.make_node("Relu", ["h"], ["y"], name="relu"),
+        ],
+        "small",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*dims[:-1], 3])],
+        [weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def small_recipe(folder: Path, dims: list[int | str], extra: str = "") -> Path:
+    small_model(folder / "small.onnx", dims)
+    path = folder / "small.yaml"
+    path.write_text(
+        "name: small\n"
+        "model: small.onnx\n"
+        "passes: [cleanup]\n"
+        "check:\n"
+        "  samples: 2\n"
+        "  latency_runs: 0\n"
+        "  golden: golden/small.npz\n" + extra
+    )
+    return path
+
+
+# -- 1. -1 dims are dynamic -------------------------------------------------------------------
+
+
+def test_minus_one_dims_are_dynamic_in_compile_and_check(tmp_path, capsys):
+    recipe = small_recipe(tmp_path, [-1, 4])
+    trtopt.update_golden(recipe)
+    assert trtopt.compile(recipe).exit_code == EXIT_OK
+    code, out, err = cli(capsys, "check", str(recipe))
+    assert code == EXIT_OK, out + err
+    assert "PASS" in out
+
+
+def test_zero_and_minus_one_dims_read_as_dynamic():
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 0, "n", None, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    (info,) = trtopt.feeds.model_inputs(helper.make_model(graph))
+    assert info.shape == (None, None, "n", None, 5)
+    feed = {"x": np.zeros((3, 7, 2, 1, 5), np.float32)}
+    trtopt.feeds.validate_feeds([feed], [info], "test")  # any size where the model says any
+
+
+# -- 2. the default output folder is beside the recipe ---------------------------------------
+
+
+def test_default_output_is_beside_the_recipe_from_any_folder(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    recipe = small_recipe(project, ["batch", 4])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    golden = run_cli("golden", "update", str(recipe), cwd=elsewhere)
+    assert golden.returncode == 0, golden.stderr
+    compiled = run_cli("compile", str(recipe), cwd=elsewhere)
+    assert compiled.returncode == 0, compiled.stderr
+    assert (project / "build" / "small" / "model.onnx").is_file()
+    assert not (elsewhere / "build").exists()
+    checked = run_cli("check", str(recipe), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert str(project / "build" / "small" / "model.onnx") in checked.stdout
+
+
+# -- 3. recipe shapes that conflict with the model --------------------------------------------
+
+
+def test_recipe_shape_conflicting_with_a_fixed_dim_names_input_dim_and_place(tmp_path):
+    recipe = small_recipe(tmp_path, ["batch", 4], "inputs:\n  x: {shape: [batch, 5]}\n")
+    result = run_cli("compile", str(recipe), cwd=tmp_path)
+    assert result.returncode == EXIT_USER, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"{recipe}:9" in result.stderr
+    assert "input 'x'" in result.stderr and "dim 1" in result.stderr
+    assert "4" in result.stderr and "5" in result.stderr
+    assert "golden" not in result.stderr and "Polygraphy" not in result.stderr
+
+
+def test_symbolic_name_over_a_fixed_dim_needs_its_value_in_check_dims(tmp_path):
+    recipe = small_recipe(tmp_path, [1, 4], "inputs:\n  x: {shape: [rows, 4]}\n")
+    no_golden = ("--set", "check.golden=null")
+    result = run_cli("compile", str(recipe), *no_golden, cwd=tmp_path)
+    assert result.returncode == EXIT_USER, result.stderr
+    assert "'rows'" in result.stderr and "check.dims" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr
+    wrong = run_cli("compile", str(recipe), *no_golden, "--set", "check.dims.rows=3", cwd=tmp_path)
+    assert wrong.returncode == EXIT_USER, wrong.stderr
+    assert "dim 0 is fixed at 1" in wrong.stderr and "3" in wrong.stderr
+    fine = run_cli("compile", str(recipe), *no_golden, "--set", "check.dims.rows=1", cwd=tmp_path)
+    assert fine.returncode == 0, fine.stderr
