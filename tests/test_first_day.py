@@ -4,6 +4,7 @@ whose backend built nothing, the lint pass's findings, and the CLI's small frict
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +133,25 @@ def test_symbolic_name_over_a_fixed_dim_needs_its_value_in_check_dims(tmp_path):
     assert "dim 0 is fixed at 1" in wrong.stderr and "3" in wrong.stderr
     fine = run_cli("compile", str(recipe), *no_golden, "--set", "check.dims.rows=1", cwd=tmp_path)
     assert fine.returncode == 0, fine.stderr
+
+
+# -- 4. diff reads check results as well as compile reports -----------------------------------
+
+
+def test_diff_compares_reports_and_check_results(tmp_path, capsys):
+    recipe = small_recipe(tmp_path, ["batch", 4])
+    trtopt.update_golden(recipe)
+    compiled = trtopt.compile(recipe)
+    report = compiled.output_dir / "report.json"
+    code, out, _ = cli(capsys, "check", str(recipe), "--json")
+    assert code == EXIT_OK
+    checked = tmp_path / "check.json"
+    checked.write_text(out)
+    for path in (report, checked):
+        code, out, err = cli(capsys, "diff", str(path), str(path))
+        assert code == EXIT_OK, err
+        assert "no regression" in out and "y cosine" in out
+    code, out, err = cli(capsys, "diff", str(report), str(checked), "--json")
+    assert code == EXIT_OK, err
+    items = {change["item"] for change in json.loads(out)["changes"]}
+    assert "y max_abs" in items

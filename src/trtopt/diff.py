@@ -189,7 +189,12 @@ def diff_reports(
             add(Change("passes", f"{j}. {pb['name']} (added)", None, pb["nodes_after"]))
 
     _accuracy(result, "accuracy", ra["accuracy"], rb["accuracy"], margin, atol)
-    ga, gb = ra.get("golden"), rb.get("golden")
+    # A compile's report holds its golden check; a check's JSON names its golden file there.
+    golden = ra.get("golden"), rb.get("golden")
+    ga, gb = (g if isinstance(g, Mapping) else None for g in golden)
+    files_a, files_b = (g if isinstance(g, str) else None for g in golden)
+    if files_a != files_b:
+        add(Change("golden", "golden file", files_a, files_b))
     if ga or gb:
         golden_a, golden_b = (ga or {}).get("accuracy") or {}, (gb or {}).get("accuracy") or {}
         _accuracy(result, "golden", golden_a, golden_b, margin, atol)
