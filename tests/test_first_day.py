@@ -5,14 +5,16 @@ whose backend built nothing, the lint pass's findings, and the CLI's small frict
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import trtopt
-from helpers import run_cli
+from helpers import ROOT, run_cli
 from trtopt.cli import main
 from trtopt.errors import EXIT_OK, EXIT_USER
 
@@ -155,3 +157,25 @@ def test_diff_compares_reports_and_check_results(tmp_path, capsys):
     assert code == EXIT_OK, err
     items = {change["item"] for change in json.loads(out)["changes"]}
     assert "y max_abs" in items
+
+
+# -- 5. a recipe whose backend built nothing does not pass its check --------------------------
+
+
+def test_check_of_a_recipe_whose_backend_built_nothing_is_not_a_pass(tmp_path, capsys):
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes", ignore=shutil.ignore_patterns("build"))
+    shutil.copytree(ROOT / "golden", tmp_path / "golden")
+    recipe = str(tmp_path / "recipes" / "quickstart-tensorrt.yaml")
+    fast = ["--set", "check.samples=2", "--set", "check.latency_runs=0", "--set", "passes=[]"]
+    out_dir = tmp_path / "recipes" / "build" / "quickstart-tensorrt"
+    with pytest.MonkeyPatch.context() as patch:  # whether TensorRT is installed or not
+        patch.setattr(trtopt.backends.tensorrt, "unavailable_reason", lambda flavour: "no GPU")
+        code, _, err = cli(capsys, "compile", recipe, *fast)
+    assert code == EXIT_USER, err
+    assert json.loads((out_dir / "report.json").read_text())["build"]["status"] == "unavailable"
+    code, out, err = cli(capsys, "check", recipe)
+    assert code == EXIT_USER, out + err
+    assert "no engine to check" in err and "model.engine" in err and "--artifact" in err
+    code, out, err = cli(capsys, "check", recipe, "--artifact", str(out_dir / "model.onnx"))
+    assert code == EXIT_OK, out + err
+    assert f"checked  {out_dir / 'model.onnx'}" in out

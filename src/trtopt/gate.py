@@ -191,20 +191,49 @@ def run_golden(
 
 
 def _artifact_file(recipe: Recipe | None, artifact: str | Path | None) -> Path:
-    """The artifact file: ``artifact`` (a file, or an output folder), else the recipe's output."""
+    """The artifact file: ``artifact`` (a file, or an output folder), else the recipe's output.
+
+    An output folder's report.json names its artifact; a folder whose backend built nothing
+    (its report marks the build unavailable) has nothing to check: its model.onnx is the graph
+    the engine would be built from, checked only when ``artifact`` names it."""
     assert artifact is not None or recipe is not None
     path = Path(artifact) if artifact is not None else recipe.output_dir()  # type: ignore[union-attr]
     if path.is_dir():
-        name = ONNX_ARTIFACT
-        report = path / "report.json"
-        if report.is_file():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                name = json.loads(report.read_text())["build"]["artifact"]
+        built = _built(path)
+        if built.get("status") == "unavailable":
+            from .backends.tensorrt import ENGINE_FILE
+
+            raise UserError(
+                f"no engine to check: the {built.get('backend')} backend built no "
+                f"{ENGINE_FILE} ({built.get('reason') or 'unavailable'}); compile where it is "
+                f"available, or pass --artifact {path / ONNX_ARTIFACT} to check the final "
+                "ONNX graph on ONNX Runtime",
+                str(path),
+            )
+        name = built.get("artifact") or _expected_name(recipe)
         path = path / name
     if not path.is_file():
         hint = "; compile the recipe first (`trtopt compile RECIPE`)" if recipe else ""
         raise UserError(f"artifact not found{hint}", str(path))
     return path
+
+
+def _built(folder: Path) -> dict[str, Any]:
+    """The `build` section of an output folder's report.json ({} when there is none)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        build = json.loads((folder / "report.json").read_text()).get("build")
+        if isinstance(build, dict):
+            return build
+    return {}
+
+
+def _expected_name(recipe: Recipe | None) -> str:
+    """The artifact a recipe's backend writes: an engine for TensorRT, else the ONNX model."""
+    if recipe is not None and recipe.build.backend != "onnxruntime":
+        from .backends.tensorrt import ENGINE_FILE
+
+        return ENGINE_FILE
+    return ONNX_ARTIFACT
 
 
 def _runner(path: Path, recipe: Recipe | None) -> tuple[BaseRunner, Path, str]:
