@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,11 @@ MANIFEST = "manifest.json"
 LEFTOVER_AGE_S = 24 * 3600
 """A ``tmp/`` leftover from another host is removed by prune only when older than this."""
 _COMPUTING_PACKAGES = ("onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy", "numpy")
+REQUIRED_META = {
+    "pass": ("record", "histogram", "artifacts", "warnings"),
+    "compile": ("report",),
+}
+"""What the pipeline reads from an entry's ``meta``, by kind: an entry without it is damaged."""
 
 
 class CacheError(UserError):
@@ -190,10 +195,64 @@ class Entry:
 
     def restore(self, names: Iterable[str], into: Path) -> None:
         """Copy files out of the entry (copies, so that editing an output never edits the
-        cache)."""
+        cache). Only the entry's own plain file names: a name such as ``../x`` in a shared
+        cache would otherwise write outside ``into`` (``get`` already refuses such entries)."""
+        names = list(names)
+        for name in names:
+            if not plain_name(name) or name not in self.manifest["files"]:
+                raise CacheError(f"damaged cache entry: cannot restore {name!r}", str(self.path))
         into.mkdir(parents=True, exist_ok=True)
         for name in names:
             shutil.copyfile(self.file(name), into / name)
+
+
+def plain_name(name: object) -> bool:
+    """A file name with no folder part on any system: not empty, no separators, no ``..``,
+    no NUL, no drive."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "\0" in name:
+        return False
+    return PurePosixPath(name).name == name and PureWindowsPath(name).name == name
+
+
+def damage(manifest: object, key: str | None = None) -> str | None:
+    """Why a manifest cannot be trusted (None: it can). Anything the pipeline would read
+    from it is checked here, so a damaged entry is a miss, never a crash or a stray write."""
+    if not isinstance(manifest, dict):
+        return "the manifest is not a mapping"
+    if key is not None and manifest.get("key") != key:
+        return "the manifest names another key"
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return "no file list"
+    for name, value in files.items():
+        if not plain_name(name):
+            return f"the file name {name!r} is not a plain file name"
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], int)
+            and isinstance(value[1], str)
+        ):
+            return f"the file {name!r} has no size and hash"
+    meta = manifest.get("meta")
+    if not isinstance(meta, dict):
+        return "no meta"
+    missing = [k for k in REQUIRED_META.get(manifest.get("kind"), ()) if k not in meta]
+    if missing:
+        return f"meta lacks {missing}"
+    artifacts = meta.get("artifacts", [])
+    if not isinstance(artifacts, list) or any(a not in files for a in artifacts):
+        return "meta names artifacts the entry does not hold"
+    return None
+
+
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """An entry folder's manifest, or None where it is unreadable or damaged."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if damage(manifest) is None else None
 
 
 @dataclass
@@ -283,7 +342,9 @@ class StageCache:
         path = self._entry_dir(key)
         try:
             manifest = json.loads((path / MANIFEST).read_text())
-            if manifest.get("key") != key:
+            why = damage(manifest, key)
+            if why is not None:
+                log.warning("cache entry %s is damaged (%s); ignoring it", key[:16], why)
                 return None
             for name, (size, sha) in manifest["files"].items():
                 file = path / "files" / name
@@ -356,7 +417,11 @@ class StageCache:
             except OSError:
                 if not target.exists():
                     raise
-                return  # another compile published the same key first
+                if read_manifest(target) is not None:
+                    return  # another compile published the same key first
+                # A damaged entry under this key would stay a miss forever: replace it.
+                self._remove(target, 0, PruneResult(), "damaged")
+                os.rename(folder, target)
             _fsync_dir(target.parent)
         except OSError as error:
             log.warning("could not write cache entry %s: %s", key[:16], error)
@@ -374,10 +439,8 @@ class StageCache:
         entries, total, by_kind = 0, 0, {}
         for path in self._iter_entries():
             size = _dir_bytes(path)
-            try:
-                kind = json.loads((path / MANIFEST).read_text()).get("kind", "?")
-            except (OSError, ValueError):
-                kind = "incomplete"
+            manifest = read_manifest(path)
+            kind = str(manifest.get("kind", "?")) if manifest is not None else "damaged"
             entries += 1
             total += size
             by_kind[kind] = by_kind.get(kind, 0) + 1
@@ -399,15 +462,16 @@ class StageCache:
         current = environment()
         alive: list[tuple[float, int, Path]] = []
         for path in self._iter_entries():
+            manifest = read_manifest(path)
             try:
-                manifest = json.loads((path / MANIFEST).read_text())
-                stale = manifest.get("environment") != current
                 used = (path / MANIFEST).stat().st_mtime
-            except (OSError, ValueError):
-                stale, used = True, 0.0
+            except OSError:
+                used = 0.0
             size = _dir_bytes(path)
-            if stale:
-                self._remove(path, size, result, "other version or incomplete")
+            if manifest is None:
+                self._remove(path, size, result, "damaged or incomplete")
+            elif manifest.get("environment") != current:
+                self._remove(path, size, result, "other version")
             else:
                 alive.append((used, size, path))
         total = sum(size for _, size, _ in alive)

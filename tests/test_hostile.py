@@ -1,0 +1,133 @@
+"""Hostile inputs: poisoned shared caches, alias bombs, recipes that run code when only
+validated, plugins that clash or exit, and values that would pass unchecked. Each case ends
+in a miss, or exit 2 naming the place: never a stray write, a crash, or a faked success."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+import trtopt
+from helpers import ROOT
+from trtopt.cache import MANIFEST, StageCache, plain_name
+from trtopt.cli import main
+
+QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
+
+
+@pytest.fixture(autouse=True)
+def _keep_sigterm():
+    """main() installs a SIGTERM handler; give the test process its own back."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _recipe(tmp_path: Path, **changes: object) -> Path:
+    recipe = {
+        "name": "hostile",
+        "model": str(QUICKSTART_MODEL),
+        "inputs": {"pixel_values": {"range": [0.0, 1.0]}},
+        "passes": ["cleanup", "fold-constants"],
+        "check": {"samples": 1, "dims": {"batch": 1}, "latency_runs": 0},
+        "output": str(tmp_path / "out"),
+        **changes,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+def _entries(root: Path) -> list[Path]:
+    return sorted((root / "stages-v1" / "entries").glob("*/*"))
+
+
+# -- a shared cache cannot write outside the output, nor crash trtopt ------------------------
+
+
+def test_a_cache_entry_naming_a_path_is_a_miss_and_writes_nothing(tmp_path):
+    cache = tmp_path / "cache"
+    recipe = _recipe(tmp_path)
+    assert trtopt.compile(recipe, cache_dir=cache).exit_code == 0
+    name = f"PWNED-{uuid.uuid4().hex}"
+    payload = b"owned"
+    hostile = f"../../{name}"
+    for entry in _entries(cache):
+        # The file the hostile name points at exists and matches its size and hash.
+        (entry / "files" / hostile).write_bytes(payload)
+        manifest = json.loads((entry / MANIFEST).read_text())
+        manifest["files"][hostile] = [len(payload), hashlib.sha256(payload).hexdigest()]
+        if "artifacts" in manifest["meta"]:
+            manifest["meta"]["artifacts"].append(hostile)
+        (entry / MANIFEST).write_text(json.dumps(manifest))
+    result = trtopt.compile(recipe, cache_dir=cache)
+    assert result.exit_code == 0
+    assert result.report["cache"]["compile"] == "miss"
+    assert not any(p["cached"] for p in result.report["passes"])
+    for folder in (tmp_path, tmp_path.parent, ROOT, ROOT / "recipes"):
+        assert not (folder / name).exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b", "/etc/x", "..\\x", "C:x", "", ".", "..", "a\0b", 3, None]
+)
+def test_only_plain_file_names_are_restored(name):
+    assert not plain_name(name)
+    assert plain_name("model.onnx") and plain_name(".trtopt-output")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "null",
+        '{"files": [1, 2]}',
+        "missing meta",
+        "not json {",
+        '{"files": {"model.onnx": "x"}}',
+        "[]",
+    ],
+)
+def test_damaged_manifests_are_misses_and_prune_removes_them(tmp_path, capsys, damage):
+    cache = tmp_path / "cache"
+    recipe = _recipe(tmp_path)
+    assert trtopt.compile(recipe, cache_dir=cache).exit_code == 0
+    entries = _entries(cache)
+    for entry in entries:
+        manifest = json.loads((entry / MANIFEST).read_text())
+        if damage == "missing meta":
+            del manifest["meta"]
+            text = json.dumps(manifest)
+        elif damage.startswith("{"):
+            text = json.dumps({**manifest, **json.loads(damage)})
+        else:
+            text = damage
+        (entry / MANIFEST).write_text(text)
+    capsys.readouterr()
+    assert main(["cache", "info", "--json", "--cache-dir", str(cache)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["by_kind"].get("damaged") == len(entries)
+    assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
+    assert f"{len(entries)} damaged" in capsys.readouterr().out
+    assert StageCache(cache).info().entries == 0
+    for entry in entries:  # damaged again, now read by a compile: a miss, not a crash
+        entry.mkdir(parents=True)
+        (entry / MANIFEST).write_text(text)
+    result = trtopt.compile(recipe, cache_dir=cache)
+    assert result.exit_code == 0 and result.report["cache"]["compile"] == "miss"
+    assert StageCache(cache).info().by_kind.get("damaged") is None
+
+
+def test_a_damaged_entry_is_replaced_by_the_next_compile(tmp_path):
+    cache = tmp_path / "cache"
+    recipe = _recipe(tmp_path)
+    trtopt.compile(recipe, cache_dir=cache)
+    for entry in _entries(cache):
+        (entry / MANIFEST).write_text("null")
+    trtopt.compile(recipe, cache_dir=cache)
+    assert StageCache(cache).info().by_kind.get("damaged") is None
+    assert trtopt.compile(recipe, cache_dir=cache).report["cache"]["compile"] == "hit"
