@@ -179,3 +179,40 @@ def test_check_of_a_recipe_whose_backend_built_nothing_is_not_a_pass(tmp_path, c
     code, out, err = cli(capsys, "check", recipe, "--artifact", str(out_dir / "model.onnx"))
     assert code == EXIT_OK, out + err
     assert f"checked  {out_dir / 'model.onnx'}" in out
+
+
+# -- 6. the lint pass reports its findings and agrees with the recipe -------------------------
+
+
+def test_lint_pass_reports_findings_and_trusts_the_recipe_profile(tmp_path, capsys):
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["x"], ["d"], to=TensorProto.DOUBLE, name="to_double"),
+            helper.make_node("Cast", ["d"], ["y"], to=TensorProto.FLOAT, name="to_float"),
+        ],
+        "casts",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "casts.onnx"))
+    recipe = tmp_path / "casts.yaml"
+    recipe.write_text(
+        "name: casts\n"
+        "model: casts.onnx\n"
+        "inputs:\n"
+        "  x: {profile: {min: [1, 4], opt: [2, 4], max: [8, 4]}}\n"
+        "passes:\n"
+        "  - lint: {parse: false, strict: false}\n"
+        "check: {samples: 2, latency_runs: 0}\n"
+    )
+    result = trtopt.compile(recipe)
+    assert result.exit_code == EXIT_OK
+    report = json.loads((result.output_dir / "report.json").read_text())
+    details = report["passes"][0]["details"]
+    rules = [finding["rule"] for finding in details["findings"]]
+    assert rules == ["dtype"] and details["warnings"] == 1 and details["target"] == "tensorrt-10"
+    # The bare model has no recipe: there the missing profile is worth a warning.
+    code, out, _ = cli(capsys, "lint", str(tmp_path / "casts.onnx"), "--no-parse")
+    assert code == EXIT_OK and "dynamic-shape" in out

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,15 +49,20 @@ class LintReport:
     def warnings(self) -> list[Finding]:
         return [f for f in self.findings if f.level == WARNING]
 
-    def to_json(self) -> dict:
-        return {
+    def to_json(self, rules: bool = True) -> dict:
+        """The findings as JSON; ``rules`` adds every rule's summary and source."""
+        data = {
             "target": self.target,
             "parser": self.parser,
             "errors": len(self.errors),
             "warnings": len(self.warnings),
             "findings": [f.to_json() for f in self.findings],
-            "rules": {r.name: {"summary": r.summary, "source": r.source} for r in RULES.values()},
         }
+        if rules:
+            data["rules"] = {
+                r.name: {"summary": r.summary, "source": r.source} for r in RULES.values()
+            }
+        return data
 
     def summary(self) -> str:
         parser = f"parsed with {self.parser}" if self.parser else "no TensorRT parser installed"
@@ -111,13 +117,14 @@ def lint_model(
     profiles: set[str] | None = None,
     strict: bool = False,
     parse: bool = True,
+    skip: Collection[str] = (),
 ) -> LintReport:
     """Lint ``model`` (a path or a ModelProto) for ``target`` (tensorrt-10, tensorrt-11,
     tensorrt-rtx).
 
     ``profiles`` names the inputs the build gives optimization profiles (None when unknown);
-    ``parse=False`` skips the real parser. With ``strict``, error-level findings raise a
-    LintError (exit 2) that lists them.
+    ``parse=False`` skips the real parser; ``skip`` names rules not to run. With ``strict``,
+    error-level findings raise a LintError (exit 2) that lists them.
     """
     spec = _target(target)
     path = Path(model) if isinstance(model, (str, Path)) else None
@@ -132,6 +139,8 @@ def lint_model(
     view = GraphView.of(proto, spec, profiles)
     parsed_nodes = {f.node for f in report.findings}
     for rule in RULES.values():
+        if rule.name in skip:
+            continue
         for finding in rule.check(view):
             # The parser already named this node with its own, more precise, reason.
             if not (finding.level == ERROR and finding.node and finding.node in parsed_nodes):

@@ -1,5 +1,6 @@
 """``lint``: check the graph against a TensorRT target (the real parser, then the documented
-rules) without changing it; with ``strict``, error-level findings stop the compile."""
+rules) without changing it; with ``strict``, error-level findings stop the compile. The
+findings go into the pass's record in report.json."""
 
 from __future__ import annotations
 
@@ -10,6 +11,11 @@ import onnx_graphsurgeon as gs
 from ..lint import lint_model
 from .base import Pass, PassContext, PassOptions
 from .registry import register_pass
+
+COMPILE_SKIPS = ("dynamic-shape",)
+"""Rules for a bare model only: in a compile the build gives every dynamic input an
+optimization profile (the recipe's `inputs.<name>.profile`, else one derived from the check's
+dims) and reports it, which a pass cannot see."""
 
 
 @register_pass("lint")
@@ -27,8 +33,13 @@ class Lint(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         model = gs.export_onnx(graph.copy())
         report = lint_model(
-            model, self.options.target, strict=self.options.strict, parse=self.options.parse
+            model,
+            self.options.target,
+            strict=self.options.strict,
+            parse=self.options.parse,
+            skip=COMPILE_SKIPS,
         )
         for finding in report.findings:
             ctx.log.warning("lint %s", finding)
+        ctx.details.update(report.to_json(rules=False))
         return graph
