@@ -364,13 +364,16 @@ def test_range_cache_hit_and_miss(tmp_path):
     model = onnx.load(str(CNN))
     names = _tensors(model)[:3]
     data = dataset({"synthetic": {}, "limit": 2})
-    first = calibrate(model, data, names, "entropy")
+    first = calibrate(model, data, names, "entropy", cache_dir=tmp_path)
     assert not first.cached and first.cache_file and first.cache_file.is_file()
-    second = calibrate(model, data, names, "entropy")
+    second = calibrate(model, data, names, "entropy", cache_dir=tmp_path)
     assert second.cached and second.ranges == first.ranges
-    assert not calibrate(model, data, names, "minmax").cached  # settings are in the key
+    # settings are in the key
+    assert not calibrate(model, data, names, "minmax", cache_dir=tmp_path).cached
     other = dataset({"synthetic": {"seed": 9}, "limit": 2})
-    assert not calibrate(model, other, names, "entropy").cached  # so is the data
+    assert not calibrate(model, other, names, "entropy", cache_dir=tmp_path).cached  # so is data
+    # Outside a compile, nothing is cached unless the caller names a folder.
+    assert calibrate(model, data, names, "entropy").cache_file is None
 
 
 def test_tensorrt_calibration_cache_format():

@@ -131,3 +131,47 @@ def test_a_damaged_entry_is_replaced_by_the_next_compile(tmp_path):
     trtopt.compile(recipe, cache_dir=cache)
     assert StageCache(cache).info().by_kind.get("damaged") is None
     assert trtopt.compile(recipe, cache_dir=cache).report["cache"]["compile"] == "hit"
+
+
+# -- the calibration range cache follows the stage cache's settings --------------------------
+
+
+def _quantized(tmp_path: Path) -> Path:
+    check = {
+        "samples": 1,
+        "dims": {"batch": 1},
+        "latency_runs": 0,
+        "thresholds": {"max_abs": 100.0, "min_cosine": 0.5},  # INT8: only the exit code counts
+    }
+    passes = ["cleanup", {"quantize": {"calibrator": "minmax"}}]
+    return _recipe(tmp_path, passes=passes, check=check)
+
+
+def test_no_cache_writes_no_ranges_even_with_an_unwritable_home(tmp_path, monkeypatch, capsys):
+    home = tmp_path / "home"
+    home.write_text("a file: nothing can be created under it, whoever runs the test")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("TRTOPT_CACHE_DIR", raising=False)
+    assert main(["compile", str(_quantized(tmp_path)), "--no-cache"]) == 0, capsys.readouterr()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    quantize = report["passes"][1]["details"]["calibration"]
+    assert quantize["cache_file"] is None and not quantize["cached"]
+
+
+def test_ranges_live_in_the_cache_dir_and_cache_commands_cover_them(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    recipe = _quantized(tmp_path)
+    assert main(["compile", str(recipe), "--cache-dir", str(cache)]) == 0
+    (ranges,) = (cache / "ranges-v1").glob("*.json")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["passes"][1]["details"]["calibration"]["cache_file"] == str(ranges)
+    capsys.readouterr()
+    assert main(["cache", "info", "--json", "--cache-dir", str(cache)]) == 0
+    assert json.loads(capsys.readouterr().out)["by_kind"]["ranges"] == 1
+    assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(cache)]) == 0
+    assert not ranges.exists()
+    # A recipe's cache.enabled: false turns the range cache off too.
+    recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "cache": {"enabled": False}}))
+    assert main(["compile", str(recipe), "--cache-dir", str(cache)]) == 0
+    assert not list((cache / "ranges-v1").glob("*.json"))

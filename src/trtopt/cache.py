@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
 from .errors import UserError
 from .model import file_digest
 from .passes.base import PassContext
@@ -263,7 +264,7 @@ class CacheInfo:
     by_kind: dict[str, int]
     leftovers: int
     other_bytes: int
-    """Bytes under the root that are not stage entries (e.g. calibration ranges)."""
+    """Bytes under the root that are neither stage entries nor calibration range files."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -324,6 +325,8 @@ class StageCache:
         self.entries = self.base / "entries"
         self.tmp = self.base / "tmp"
         self.markers = self.base / "reads-data"
+        self.ranges = self.root / RANGES_FOLDER
+        """The calibration range files (trtopt.calibration.ranges_cache), pruned alike."""
 
     def _entry_dir(self, key: str) -> Path:
         return self.entries / key[:2] / key
@@ -435,6 +438,19 @@ class StageCache:
             if shard.is_dir():
                 yield from sorted(p for p in shard.iterdir() if p.is_dir())
 
+    def _iter_ranges(self) -> Iterator[tuple[Path, bool]]:
+        """(range file, readable) for every complete range file."""
+        if not self.ranges.is_dir():
+            return
+        for path in sorted(self.ranges.iterdir()):
+            if path.is_file() and not path.name.startswith(TMP_PREFIX):
+                yield path, read_ranges(path) is not None
+
+    def _range_leftovers(self) -> list[Path]:
+        if not self.ranges.is_dir():
+            return []
+        return sorted(p for p in self.ranges.iterdir() if p.name.startswith(TMP_PREFIX))
+
     def info(self) -> CacheInfo:
         entries, total, by_kind = 0, 0, {}
         for path in self._iter_entries():
@@ -444,7 +460,14 @@ class StageCache:
             entries += 1
             total += size
             by_kind[kind] = by_kind.get(kind, 0) + 1
+        for path, readable in self._iter_ranges():
+            kind = "ranges" if readable else "damaged"
+            entries += 1
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         leftovers = len(list(self.tmp.iterdir())) if self.tmp.is_dir() else 0
+        leftovers += len(self._range_leftovers())
         everything = _dir_bytes(self.root) if self.root.is_dir() else 0
         return CacheInfo(
             self.root, entries, total, dict(sorted(by_kind.items())), leftovers, everything - total
@@ -455,7 +478,7 @@ class StageCache:
         trtopt code or library version, damaged), then, with ``max_size``, the least recently
         used entries until the rest fits."""
         result = PruneResult()
-        if not self.base.is_dir():
+        if not self.base.is_dir() and not self.ranges.is_dir():
             return result
         self._ensure()
         result.leftovers = self._remove_leftovers()
@@ -474,6 +497,15 @@ class StageCache:
                 self._remove(path, size, result, "other version")
             else:
                 alive.append((used, size, path))
+        for path, readable in self._iter_ranges():
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if readable:
+                alive.append((stat.st_mtime, stat.st_size, path))
+            else:
+                self._remove(path, stat.st_size, result, "damaged or incomplete")
         total = sum(size for _, size, _ in alive)
         for _, size, path in sorted(alive, key=lambda item: item[0]):
             if max_size is None or total <= max_size:
@@ -499,8 +531,9 @@ class StageCache:
 
     def _remove_leftovers(self) -> int:
         removed, host, now = 0, socket.gethostname(), time.time()
-        for path in self.tmp.iterdir():
-            owner_host, _, rest = path.name.rpartition("-")[0].rpartition("-")
+        for path in [*self.tmp.iterdir(), *self._range_leftovers()]:
+            name = path.name.removeprefix(TMP_PREFIX)
+            owner_host, _, rest = name.rpartition("-")[0].rpartition("-")
             pid = int(rest) if rest.isdigit() else None
             try:
                 old = now - path.stat().st_mtime > LEFTOVER_AGE_S
@@ -508,7 +541,11 @@ class StageCache:
                 continue
             dead = owner_host == host and pid is not None and not _pid_alive(pid)
             if path.name.startswith("trash-") or dead or old:
-                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        path.unlink()
                 removed += 1
         return removed
 

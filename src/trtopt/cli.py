@@ -82,7 +82,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         else:
             kinds = ", ".join(f"{n} {kind}" for kind, n in info.by_kind.items()) or "empty"
             print(f"{info.root}: {info.entries} entries ({kinds}), {_size(info.bytes)}")
-            print(f"  other files (calibration ranges): {_size(info.other_bytes)}")
+            print(f"  other files: {_size(info.other_bytes)}")
             print(f"  leftovers of interrupted writes: {info.leftovers}")
         return 0
     max_size = _byte_size(args.max_size) if args.max_size is not None else None

@@ -41,7 +41,7 @@ from .cache import (
     source_digest,
     written,
 )
-from .calibration import DataSet, DataSource, SyntheticSource
+from .calibration import DataSet, DataSource, SyntheticSource, ranges_cache
 from .errors import (
     EXIT_ACCURACY,
     EXIT_OK,
@@ -463,7 +463,8 @@ def compile(
         store = StageCache(resolve_cache_dir(cache_dir, recipe.cache.dir))
     cache_root = [store.root] if store is not None else []
     check_output(out, [*recipe.input_paths(), *cache_root], force)
-    with _quiet_polygraphy():
+    # Calibration caches its ranges beside the stages, or nowhere when the cache is off.
+    with _quiet_polygraphy(), ranges_cache(store.ranges if store is not None else None):
         return _compile(recipe, model_path, out.resolve(), say, store)
 
 

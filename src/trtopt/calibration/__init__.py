@@ -13,7 +13,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .cache import cache_key, load_ranges, save_ranges, tensorrt_cache
+from .cache import (
+    RANGES_FOLDER,
+    cache_key,
+    current_folder,
+    load_ranges,
+    ranges_cache,
+    save_ranges,
+    tensorrt_cache,
+)
 from .calibrators import ALGORITHM_VERSION, CALIBRATORS, DEFAULT_BINS, AbsHistogram, compute_amax
 from .collect import DEFAULT_MEMORY_BUDGET, collect, split, split_graph
 from .sources import DataSet, DataSource, ImageSource, SyntheticSource
@@ -22,6 +30,7 @@ log = logging.getLogger("trtopt.calibration")
 
 __all__ = [
     "CALIBRATORS",
+    "RANGES_FOLDER",
     "AbsHistogram",
     "CalibrationResult",
     "DataSet",
@@ -32,6 +41,7 @@ __all__ = [
     "collect",
     "compute_amax",
     "model_digest",
+    "ranges_cache",
     "split",
     "split_graph",
     "tensorrt_cache",
@@ -88,7 +98,9 @@ def calibrate(
 ) -> CalibrationResult:
     """Ranges of ``tensors`` on ``data`` by ``calibrator``, streamed, cached on disk.
     ``weights``: the values of ``model``'s graph inputs that stand for its weights (a model
-    from ``split`` or ``split_graph``)."""
+    from ``split`` or ``split_graph``). ``cache_dir``: the range files' folder; default: the
+    one the enclosing compile names (:func:`ranges_cache`), none outside a compile."""
+    folder = (cache_dir if cache_dir is not None else current_folder()) if use_cache else None
     settings = {
         # Versions too: a cache must not outlive a change in the code that produced it.
         "algorithm": ALGORITHM_VERSION,
@@ -100,9 +112,9 @@ def calibrate(
         "tensors": sorted(tensors),
     }
     key = None
-    if use_cache:
+    if folder is not None:
         key = cache_key(model_digest(model, weights), data.fingerprint(), settings)
-        cached = load_ranges(key, cache_dir)
+        cached = load_ranges(key, folder)
         if cached is not None and set(cached) >= set(tensors):
             log.info("calibration ranges from the cache")
             return CalibrationResult(cached, cached=True, settings=settings)
@@ -113,5 +125,5 @@ def calibrate(
 
     count = collect(model, data, list(tensors), observe, memory_budget, weights=weights)
     ranges = {name: compute_amax(hist, calibrator, percentile) for name, hist in histograms.items()}
-    path = save_ranges(key, ranges, cache_dir) if key is not None else None
+    path = save_ranges(key, ranges, folder) if key is not None and folder is not None else None
     return CalibrationResult(ranges, cached=False, feeds=count, cache_file=path, settings=settings)

@@ -1,31 +1,54 @@
 """Range caches: trtopt's JSON cache and TensorRT's calibration cache format.
 
 The JSON cache is keyed by the model's hash, the data's hash and the calibrator settings, so
-a second compile with the same three skips calibration; anything else misses. The TensorRT
-calibration cache (``name: hex`` lines) serves users of TensorRT 10's implicit INT8.
+a second compile with the same three skips calibration; anything else misses. It lives in
+the :data:`RANGES_FOLDER` of the stage cache's root, which the compile names for the
+duration of its passes (:func:`ranges_cache`): ``--no-cache``, ``--cache-dir`` and
+``$TRTOPT_CACHE_DIR`` govern both, and ``trtopt cache info|prune`` see both. Outside a
+compile nothing is cached unless the caller names a folder. The TensorRT calibration cache
+(``name: hex`` lines) serves users of TensorRT 10's implicit INT8.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 CACHE_VERSION = 1
-CACHE_ENV = "TRTOPT_CACHE_DIR"
-"""Environment variable naming the cache root; default ~/.cache/trtopt."""
+RANGES_FOLDER = "ranges-v1"
+"""Folder under the cache root holding the range files."""
+TMP_PREFIX = ".ranges-"
+"""Prefix of a range file being written (``.ranges-<host>-<pid>-...``)."""
 TRT_CACHE_HEADER = "TRT-8601-EntropyCalibration2"
 """First line of the TensorRT calibration cache (TensorRT 8.6+ reads it for any calibrator)."""
 INT8_MAX = 127.0
 
 
-def cache_root() -> Path:
-    root = os.environ.get(CACHE_ENV)
-    return Path(root) if root else Path.home() / ".cache" / "trtopt"
+_FOLDER: ContextVar[Path | None] = ContextVar("trtopt_ranges_folder", default=None)
+
+
+@contextlib.contextmanager
+def ranges_cache(folder: Path | None) -> Iterator[None]:
+    """Within the block, calibration caches ranges in ``folder`` (None: not at all)."""
+    token = _FOLDER.set(folder)
+    try:
+        yield
+    finally:
+        _FOLDER.reset(token)
+
+
+def current_folder() -> Path | None:
+    """The range cache folder the enclosing compile named, or None (no caching)."""
+    return _FOLDER.get()
 
 
 def cache_key(model_sha256: str, data_sha256: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -37,35 +60,51 @@ def cache_key(model_sha256: str, data_sha256: str, settings: dict[str, Any]) -> 
     }
 
 
-def cache_path(key: dict[str, Any], root: Path | None = None) -> Path:
+def cache_path(key: dict[str, Any], folder: Path) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    return (root or cache_root()) / "ranges" / f"{digest[:32]}.json"
+    return folder / f"{digest[:32]}.json"
 
 
-def load_ranges(key: dict[str, Any], root: Path | None = None) -> dict[str, float] | None:
-    """The cached ranges for ``key``, or None (missing, unreadable or another key)."""
-    path = cache_path(key, root)
+def read_ranges(path: Path) -> tuple[Any, dict[str, float]] | None:
+    """(key, ranges) of a range file, or None where it is unreadable or malformed."""
     try:
         content = json.loads(path.read_text())
-    except (OSError, ValueError):
+        ranges = content["ranges"]
+        return content["key"], {str(k): float(v) for k, v in ranges.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    if not isinstance(content, dict) or content.get("key") != key:
-        return None
-    ranges = content.get("ranges")
-    if not isinstance(ranges, dict):
-        return None
-    return {str(k): float(v) for k, v in ranges.items()}
 
 
-def save_ranges(key: dict[str, Any], ranges: dict[str, float], root: Path | None = None) -> Path:
-    """Write the cache atomically (a concurrent compile reads the old file or the new one)."""
-    path = cache_path(key, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def load_ranges(key: dict[str, Any], folder: Path) -> dict[str, float] | None:
+    """The cached ranges for ``key``, or None (missing, unreadable or another key)."""
+    path = cache_path(key, folder)
+    found = read_ranges(path)
+    if found is None or found[0] != key:
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # recency, for prune --max-size
+    return found[1]
+
+
+def save_ranges(key: dict[str, Any], ranges: dict[str, float], folder: Path) -> Path | None:
+    """Write the cache atomically (a concurrent compile reads the old file or the new one).
+    A cache that cannot be written never fails the calibration: None then."""
+    path = cache_path(key, folder)
     text = json.dumps({"key": key, "ranges": dict(sorted(ranges.items()))}, indent=1)
-    handle, tmp = tempfile.mkstemp(prefix=".ranges-", dir=path.parent)
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text + "\n")
-    os.replace(tmp, path)
+    prefix = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        try:
+            with os.fdopen(handle, "w") as stream:
+                stream.write(text + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return None
     return path
 
 
