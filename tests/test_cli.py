@@ -208,7 +208,7 @@ def test_passes_lists_every_pass_with_options():
     result = run_cli("passes")
     assert result.returncode == 0
     assert "fold-constants\n    Fold constant subgraphs" in result.stdout
-    assert "- size_threshold (default: 16777216): Do not fold a tensor larger" in result.stdout
+    assert "- size_threshold (default: 16MiB): Do not fold a tensor larger" in result.stdout
 
 
 def test_schema_is_json_for_editors():

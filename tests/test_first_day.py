@@ -5,6 +5,7 @@ whose backend built nothing, the lint pass's findings, and the CLI's small frict
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -216,3 +217,48 @@ def test_lint_pass_reports_findings_and_trusts_the_recipe_profile(tmp_path, caps
     # The bare model has no recipe: there the missing profile is worth a warning.
     code, out, _ = cli(capsys, "lint", str(tmp_path / "casts.onnx"), "--no-parse")
     assert code == EXIT_OK and "dynamic-shape" in out
+
+
+# -- 7. first-day frictions of the CLI ---------------------------------------------------------
+
+
+def test_debug_is_accepted_after_the_verb(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("name: x\nmodel: nope.onnx\n")
+    for args in (["--debug", "validate", "r.yaml"], ["validate", "r.yaml", "--debug"]):
+        code, _, err = cli(capsys, *[str(tmp_path / a) if a == "r.yaml" else a for a in args])
+        assert code == EXIT_USER
+        assert "Traceback" in err and "model file not found" in err
+    code, _, err = cli(capsys, "validate", str(tmp_path / "r.yaml"))
+    assert code == EXIT_USER and "Traceback" not in err
+
+
+def test_validate_names_a_missing_model_file(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("name: x\nmodel: nope.onnx\n")
+    code, out, err = cli(capsys, "validate", str(tmp_path / "r.yaml"))
+    assert code == EXIT_USER and "ok" not in out
+    assert err.strip() == f"error: {tmp_path / 'r.yaml'}:2:1: model file not found: " + str(
+        tmp_path / "nope.onnx"
+    )
+
+
+def test_optimize_suggests_a_pass_for_a_short_name(tmp_path, capsys):
+    model = small_model(tmp_path / "m.onnx", ["batch", 4])
+    code, _, err = cli(capsys, "optimize", str(model), str(tmp_path / "o.onnx"), "--passes", "fold")
+    assert code == EXIT_USER
+    assert "unknown pass 'fold'; did you mean 'fold-constants'?" in err and "--passes" in err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_passes_prints_recipe_values_and_documents_every_option(capsys):
+    code, out, _ = cli(capsys, "passes")
+    assert code == EXIT_OK
+    assert "size_threshold (default: 16MiB)" in out
+    assert "op_types=" not in out and "16777216" not in out and '"' not in out
+    assert "- dtype (default: fp16): one of fp16 | bf16" in out
+    assert "    - keep_fp32:" in out and "        - nodes (default: []): Regexes" in out
+    assert "- exclude:" in out and "Op types never quantized" in out
+    options = [line for line in out.splitlines() if line.lstrip().startswith("- ")]
+    undocumented = [
+        line for line in options if not re.match(r"\s*- \w+( \(default: .*\))?: \S", line)
+    ]
+    assert options and not undocumented

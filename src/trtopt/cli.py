@@ -9,14 +9,16 @@ import signal
 import sys
 import tempfile
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import onnx
+import yaml
 
 import trtopt
 
-from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError
+from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
 
 
 def _progress(message: str) -> None:
@@ -110,6 +112,11 @@ def _size(count: int) -> str:
 
 def cmd_optimize(args: argparse.Namespace) -> int:
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
+    known = trtopt.available_passes()
+    for name in passes or []:
+        if name not in known:
+            hint = did_you_mean(name, known)
+            raise trtopt.UserError(f"unknown pass '{name}'{hint}", f"--passes {args.passes}")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under the final names (a data file's name is recorded in the model) in a
@@ -129,6 +136,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     recipe = trtopt.load_recipe(args.recipe, overrides=args.set)
+    if not Path(recipe.model).is_file():
+        raise trtopt.ModelError(f"model file not found: {recipe.model}", recipe.place("model"))
     if args.print:
         print(recipe.to_yaml(), end="")
     else:
@@ -139,16 +148,74 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_passes(args: argparse.Namespace) -> int:
     for name, cls in trtopt.available_passes().items():
         print(f"{name}\n    {cls.summary()}")
-        for option, info in cls.Options.model_fields.items():
-            default = info.get_default(call_default_factory=True)
-            doc = _option_doc(cls.Options, option)
-            print(f"    - {option} (default: {json.dumps(default, default=str)}){doc}")
+        for line in _option_lines(cls.Options, "    "):
+            print(line)
     return 0
 
 
+def _option_lines(options: type, indent: str) -> list[str]:
+    """Each option with its default as written in a recipe and its doc; the options of a
+    nested section (e.g. precision's keep_fp32) indented under it."""
+    lines = []
+    for option, info in options.model_fields.items():
+        default = info.get_default(call_default_factory=True)
+        doc = _option_doc(options, option)
+        section = _section(info.annotation)
+        if section is not None and default is not None:  # its keys' defaults follow
+            lines.append(f"{indent}- {option}{doc or ': a section with the keys below'}")
+        else:
+            value = _yaml_value(default, info.annotation)
+            lines.append(f"{indent}- {option} (default: {value}){doc}")
+        if section is not None:
+            lines += _option_lines(section, indent + "    ")
+    return lines
+
+
+def _yaml_value(value: object, annotation: object) -> str:
+    """A default as a recipe writes it: YAML flow style, sizes in binary units (16MiB)."""
+    from pydantic import BaseModel, ByteSize
+
+    if isinstance(value, int) and _mentions(annotation, ByteSize) and not isinstance(value, bool):
+        for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+            if value and value % (1 << shift) == 0:
+                return f"{value >> shift}{unit}"
+        return str(value)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20, sort_keys=False)
+    return text.strip().removesuffix("...").strip()
+
+
+def _mentions(annotation: object, kind: type) -> bool:
+    """Whether ``kind`` appears in an annotation such as `X | None` or `list[X]`."""
+    if annotation is kind:
+        return True
+    return any(_mentions(arg, kind) for arg in typing.get_args(annotation))
+
+
+def _section(annotation: object) -> type | None:
+    """The options model inside an annotation (`Keep`, `AutoOptions | None`), if any."""
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _option_doc(options: type, name: str) -> str:
-    """The docstring written under an option's declaration (pydantic keeps it as description)."""
-    description = options.model_fields[name].description
+    """The docstring written under an option's declaration (pydantic keeps it as description),
+    else its section's docstring, else a Literal option's choices."""
+    info = options.model_fields[name]
+    description = info.description
+    section = _section(info.annotation)
+    if not description and section is not None and section.__doc__:
+        description = section.__doc__.strip().splitlines()[0]
+    if not description and typing.get_origin(info.annotation) is typing.Literal:
+        description = "one of " + " | ".join(str(c) for c in typing.get_args(info.annotation))
     return f": {' '.join(description.split())}" if description else ""
 
 
@@ -220,12 +287,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"trtopt {trtopt.__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # Also after the verb (`trtopt compile X --debug`), where errors tell users to add it;
+    # SUPPRESS keeps the verb's parser from resetting a --debug given before the verb.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(
         name: str, func: Callable[[argparse.Namespace], int], help: str
     ) -> argparse.ArgumentParser:
-        sub = verbs.add_parser(name, help=help, description=help)
+        sub = verbs.add_parser(name, help=help, description=help, parents=[debug])
         sub.set_defaults(func=func)
         return sub
 

@@ -79,5 +79,16 @@ class BuildError(TrtoptError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """Return ``"; did you mean 'x'?"`` for the closest choice, or an empty string."""
-    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean '{match[0]}'?" if match else ""
+    choices = list(choices)
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if match:
+        return f"; did you mean '{match[0]}'?"
+    # A short form of a longer name ('fold' for 'fold-constants') is too far for difflib.
+    longer = [c for c in choices if word and c.startswith(word)]
+    if 1 <= len(longer) <= MAX_SUGGESTIONS:
+        return f"; did you mean {' or '.join(repr(c) for c in longer)}?"
+    return ""
+
+
+MAX_SUGGESTIONS = 4
+"""Most names a did-you-mean lists when a word starts several of them."""
