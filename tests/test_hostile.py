@@ -175,3 +175,42 @@ def test_ranges_live_in_the_cache_dir_and_cache_commands_cover_them(tmp_path, ca
     recipe.write_text(json.dumps({**json.loads(recipe.read_text()), "cache": {"enabled": False}}))
     assert main(["compile", str(recipe), "--cache-dir", str(cache)]) == 0
     assert not list((cache / "ranges-v1").glob("*.json"))
+
+
+# -- recipes that would exhaust memory or the stack, or break the YAML layer -----------------
+
+BOMB = "\n".join(
+    [
+        'a: &a ["x","x","x","x","x","x","x","x","x"]',
+        *(
+            f"{name}: &{name} [{','.join([f'*{prev}'] * 9)}]"
+            for prev, name in zip("abcdefgh", "bcdefghi")
+        ),
+        "name: bomb",
+        "model: m.onnx",
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "line"),
+    [
+        (BOMB, "expands to more than", None),
+        ("name: x\nmodel: m.onnx\nloop: &a [*a]\n", "contains it", 3),
+        ("name: x\nmodel: m.onnx\n? {a: 1}\n: 2\n", "not a mapping", 3),
+        ("name: x\nmodel: m.onnx\n? [a, b]\n: 2\n", "not a list", 3),
+        ("name: x\nmodel: m.o\0nnx\n", "NUL", 2),
+        ("name: x\nmodel: m.onnx\nbell: \x07\n", "invalid YAML", 3),
+        ("name: x\nmodel: m.onnx\n" + "a: " + "[" * 200 + "]" * 200 + "\n", "deeper", 3),
+    ],
+    ids=["alias-bomb", "self-alias", "mapping-key", "list-key", "nul", "control", "deep"],
+)
+def test_hostile_yaml_is_refused_with_its_place(tmp_path, capsys, text, message, line):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    assert len(BOMB) < 512
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and f"{path}:" in err, err
+    if line is not None:
+        assert f"{path}:{line}:" in err, err

@@ -17,6 +17,12 @@ from .errors import Place, RecipeError
 
 KeyPath = tuple[str | int, ...]
 
+MAX_NODES = 100_000
+"""Most values a recipe may hold once its aliases are expanded: a few hundred bytes of nested
+aliases (a "billion laughs" document) would otherwise expand to billions."""
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists in a recipe."""
+
 
 class Document:
     """Data loaded from YAML (or set by flags) and the place of every key path in it."""
@@ -90,21 +96,46 @@ def _place(file: str, node: yaml.Node) -> Place:
     return Place(file, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
-def _index(node: yaml.Node, path: KeyPath, file: str, places: dict[KeyPath, Place]) -> None:
-    """Record the place of every key path under ``node``; refuse duplicate keys."""
+def _index(
+    node: yaml.Node,
+    path: KeyPath,
+    file: str,
+    places: dict[KeyPath, Place],
+    open_nodes: tuple[int, ...] = (),
+) -> None:
+    """Record the place of every key path under ``node``; refuse duplicate keys, keys that
+    are not plain values, and aliases that recurse or expand past :data:`MAX_NODES`.
+    ``open_nodes``: the ids of the collections being indexed above ``node``."""
+    if len(places) > MAX_NODES:
+        raise RecipeError(
+            f"the recipe expands to more than {MAX_NODES} values (nested aliases?)",
+            _place(file, node),
+        )
+    if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        return
+    if id(node) in open_nodes:
+        raise RecipeError("an alias refers to a value that contains it", _place(file, node))
+    if len(open_nodes) >= MAX_DEPTH:
+        raise RecipeError(f"nested deeper than {MAX_DEPTH} levels", _place(file, node))
+    inner = (*open_nodes, id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[Any] = set()
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "mapping" if isinstance(key_node, yaml.MappingNode) else "list"
+                raise RecipeError(
+                    f"a key must be a plain value, not a {kind}", _place(file, key_node)
+                )
             key = key_node.value
             if key in seen:
                 raise RecipeError(f"duplicate key '{key}'", _place(file, key_node))
             seen.add(key)
             places[(*path, key)] = _place(file, key_node)
-            _index(value_node, (*path, key), file, places)
-    elif isinstance(node, yaml.SequenceNode):
+            _index(value_node, (*path, key), file, places, inner)
+    else:
         for i, item in enumerate(node.value):
             places[(*path, i)] = _place(file, item)
-            _index(item, (*path, i), file, places)
+            _index(item, (*path, i), file, places, inner)
 
 
 def load_yaml(path: Path) -> Document:
@@ -115,7 +146,15 @@ def load_yaml(path: Path) -> Document:
         raise RecipeError("file not found", str(path)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise RecipeError(f"cannot read: {error}", str(path)) from None
-    loader = yaml.SafeLoader(text)
+    if "\0" in text:
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise RecipeError("a NUL byte: not a text file", Place(str(path), line))
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as error:  # e.g. a control character the reader refuses
+        position = getattr(error, "position", None)
+        line = text.count("\n", 0, position) + 1 if isinstance(position, int) else None
+        raise RecipeError(f"invalid YAML: {error}", Place(str(path), line)) from None
     try:
         node = loader.get_single_node()
         places: dict[KeyPath, Place] = {}
