@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import trtopt
 from helpers import ROOT, run_cli
+from trtopt.backends import BuildResult
 from trtopt.cli import main
 from trtopt.errors import EXIT_OK, EXIT_USER
 
@@ -262,3 +263,63 @@ def test_passes_prints_recipe_values_and_documents_every_option(capsys):
         line for line in options if not re.match(r"\s*- \w+( \(default: .*\))?: \S", line)
     ]
     assert options and not undocumented
+
+
+# -- 8. a readable histogram at any count; the artifact's own size ----------------------------
+
+
+@pytest.mark.parametrize("count", [3_000_000, 40, 10])
+def test_error_histogram_counts_are_plain_integers(count):
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure()
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    error = np.concatenate([np.zeros(count), np.linspace(0.0, 1e-3, 1000)])
+    trtopt.html.error_histogram(axes, error)
+    figure.canvas.draw()
+    low, high = axes.get_ylim()
+    labels = [
+        tick.label1.get_text()
+        for tick in axes.yaxis.get_major_ticks()
+        if low <= tick.get_loc() <= high and tick.label1.get_text()
+    ]
+    assert axes.yaxis.get_offset_text().get_text() == ""
+    assert labels and all(re.fullmatch(r"[0-9][0-9,]*", label) for label in labels), labels
+    if count > 1000:
+        assert "1,000,000" in labels
+
+
+class _EngineBackend:
+    """A backend that 'builds' a 1000-byte engine and a 500-byte build log (no TensorRT)."""
+
+    name = "tensorrt"
+
+    def unavailable(self) -> None:
+        return None
+
+    def build(self, model_path: Path, out_dir: Path) -> BuildResult:
+        engine, log = out_dir / "model.engine", out_dir / "build.log"
+        engine.write_bytes(b"e" * 1000)
+        log.write_bytes(b"l" * 500)
+        return BuildResult(self.name, engine, 0.0, files=[log])
+
+    def cannot_run(self, build: BuildResult) -> str:
+        return "a test engine"
+
+
+def test_size_is_the_artifacts_own_and_diff_gates_on_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(trtopt.pipeline, "get_backend", lambda *args: _EngineBackend())
+    recipe = small_recipe(tmp_path, ["batch", 4])
+    result = trtopt.compile(recipe, overrides=["check.golden=null"], use_cache=False)
+    build = result.report["build"]
+    onnx_size = (result.output_dir / "model.onnx").stat().st_size
+    assert build["artifact"] == "model.engine" and build["size_bytes"] == 1000
+    assert build["total_bytes"] == 1000 + 500 + onnx_size
+    grown = json.loads(json.dumps(result.report))
+    grown["build"]["total_bytes"] *= 3  # other outputs grew, the engine did not
+    assert trtopt.diff_reports(result.report, grown, size_margin=0.1).exit_code == EXIT_OK
+    grown["build"]["size_bytes"] = 1200
+    assert trtopt.diff_reports(result.report, grown, size_margin=0.1).exit_code == 1

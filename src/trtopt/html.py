@@ -98,22 +98,34 @@ def _png(figure: Any, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def error_histogram(axes: Any, error: np.ndarray) -> None:
+    """Draw the histogram of absolute errors on ``axes``: a log count axis when a bin is
+    crowded (the tail of large errors stays visible), counts written as plain integers
+    (1,000,000), never as fractions of an offset such as "1e6"."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    counts, _, _ = axes.hist(error, bins=HISTOGRAM_BINS, color="#0969da")
+    if counts.max(initial=0) > LOG_COUNTS_ABOVE:
+        axes.set_yscale("log")
+        axes.set_ylim(bottom=0.5)  # from 1 up: at least two labelled decades
+        axes.yaxis.set_minor_formatter(NullFormatter())
+    axes.yaxis.set_major_formatter(FuncFormatter(_count))
+    axes.set_xlabel("absolute error")
+    axes.set_ylabel("values")
+
+
+def _count(value: float, _position: object = None) -> str:
+    return f"{value:,.0f}" if value >= 1 or value == 0 else f"{value:g}"
+
+
 def _output_plot(name: str, reference: np.ndarray, candidate: np.ndarray) -> str:
     finite = np.isfinite(reference) & np.isfinite(candidate)
     reference, candidate = reference[finite], candidate[finite]
     error = np.abs(candidate - reference)
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    figure = _figure(10, 3.4, left=0.09)
+    figure = _figure(10, 3.4, left=0.11)
     left, right = figure.subplots(1, 2)
-    counts, _, _ = left.hist(error, bins=HISTOGRAM_BINS, color="#0969da")
-    if counts.max(initial=0) > LOG_COUNTS_ABOVE:  # the tail of large errors stays visible
-        left.set_yscale("log")
-        left.yaxis.set_major_formatter(ScalarFormatter())
-        left.yaxis.set_minor_formatter(NullFormatter())
-    left.set_xlabel("absolute error")
-    left.set_ylabel("values")
-    left.set_title(f"{name}: |artifact - reference| ({error.size} values)")
+    error_histogram(left, error)
+    left.set_title(f"{name}: |artifact - reference| ({error.size:,} values)")
     step = max(1, reference.size // SCATTER_POINTS)
     right.scatter(reference[::step], candidate[::step], s=4, alpha=0.5, color="#0969da")
     if reference.size:
