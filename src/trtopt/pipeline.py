@@ -584,6 +584,9 @@ def _compile(
         if unavailable:  # the accuracy verdict stands; the compile itself is incomplete
             exit_code, verdict = EXIT_USER, "incomplete"
         built_files = [build.artifact, *artifact_files, *build.files]
+        # The artifact alone (an ONNX one with its external data), which a deployment ships
+        # and `diff --size-margin` gates; total_bytes adds the other outputs.
+        shipped = artifact_files if build.artifact in artifact_files else [build.artifact]
         the_report = {
             "schema_version": report.SCHEMA_VERSION,
             "verdict": verdict,
@@ -609,7 +612,8 @@ def _compile(
                 "seconds": round(build.seconds, 6),
                 "artifact": build.artifact.name,
                 "sha256": file_sha256(*dict.fromkeys(built_files)),
-                "size_bytes": sum(f.stat().st_size for f in dict.fromkeys(built_files)),
+                "size_bytes": sum(f.stat().st_size for f in shipped),
+                "total_bytes": sum(f.stat().st_size for f in dict.fromkeys(built_files)),
                 "files": sorted({f.name for f in built_files}),
                 **build.details,
             },
