@@ -214,3 +214,83 @@ def test_hostile_yaml_is_refused_with_its_place(tmp_path, capsys, text, message,
     assert message in err and f"{path}:" in err, err
     if line is not None:
         assert f"{path}:{line}:" in err, err
+
+
+# -- plugins: validate runs none of them; names clash loudly; imports cannot fake success ----
+
+PLUGIN = '''
+from pathlib import Path
+
+from trtopt import Pass, register_pass
+
+Path(__file__).with_suffix(".ran").write_text("imported")
+
+
+@register_pass("{name}")
+class Plugin(Pass):
+    """A plugin pass that changes nothing."""
+
+    def run(self, graph, ctx):
+        return graph
+'''
+
+
+def _plugin(folder: Path, stem: str, name: str, extra: str = "") -> Path:
+    path = folder / f"{stem}.py"
+    path.write_text(PLUGIN.replace("{name}", name) + extra)
+    return path
+
+
+def test_validate_parses_plugins_without_running_them(tmp_path, capsys):
+    plugin = _plugin(tmp_path, "writes", f"only-in-plugin-{uuid.uuid4().hex[:8]}")
+    name = plugin.read_text().split('register_pass("')[1].split('"')[0]
+    recipe = _recipe(tmp_path, plugins=["writes.py"], passes=["cleanup", {name: {"x": 1}}])
+    assert main(["validate", str(recipe)]) == 0, capsys.readouterr().err
+    assert not plugin.with_suffix(".ran").exists()
+    broken = tmp_path / "broken.py"
+    broken.write_text("def (:\n")
+    recipe = _recipe(tmp_path, plugins=["broken.py"])
+    assert main(["validate", str(recipe)]) == 2
+    assert "broken.py" in capsys.readouterr().err
+    recipe = _recipe(tmp_path, plugins=["writes.py"], passes=["cleanup", "not-a-pass"])
+    assert main(["validate", str(recipe)]) == 2
+    assert "unknown pass 'not-a-pass'" in capsys.readouterr().err
+    assert not plugin.with_suffix(".ran").exists()
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "compile"])
+def test_two_plugins_registering_one_name_exit_2_naming_both(tmp_path, capsys, validate):
+    name = f"twice-{uuid.uuid4().hex[:8]}"
+    first, second = _plugin(tmp_path, "first", name), _plugin(tmp_path, "second", name)
+    recipe = _recipe(tmp_path, plugins=["first.py", "second.py"], passes=[name])
+    argv = ["validate", str(recipe)] if validate else ["compile", str(recipe), "--no-cache"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(first) in err and str(second) in err and "twice" in err, err
+
+
+@pytest.mark.parametrize("validate", [True, False], ids=["validate", "compile"])
+def test_a_plugin_cannot_take_a_built_in_name(tmp_path, capsys, validate):
+    plugin = _plugin(tmp_path, f"cleanup_{uuid.uuid4().hex[:8]}", "cleanup")
+    # The built-in's own class name: a same-named class once replaced it silently.
+    plugin.write_text(plugin.read_text().replace("class Plugin(", "class Cleanup("))
+    recipe = _recipe(tmp_path, plugins=[plugin.name])
+    argv = ["validate", str(recipe)] if validate else ["compile", str(recipe), "--no-cache"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert str(plugin) in err and "cleanup" in err, err
+    assert trtopt.available_passes()["cleanup"].__module__.startswith("trtopt.passes")
+
+
+@pytest.mark.parametrize(
+    "ending",
+    ["import sys\nsys.exit(0)\n", "raise SystemExit\n", "raise GeneratorExit\n"],
+    ids=["sys.exit(0)", "SystemExit", "GeneratorExit"],
+)
+def test_a_plugin_exiting_at_import_is_reported(tmp_path, capsys, ending):
+    plugin = _plugin(tmp_path, f"exits_{uuid.uuid4().hex[:8]}", f"e-{uuid.uuid4().hex[:8]}", ending)
+    recipe = _recipe(tmp_path, plugins=[plugin.name])
+    assert main(["compile", str(recipe), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert str(plugin) in err and "failed to load" in err, err
+    assert not (tmp_path / "out").exists()

@@ -135,7 +135,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    recipe = trtopt.load_recipe(args.recipe, overrides=args.set)
+    # Checking a recipe must not run its code: plugins are parsed, not imported.
+    recipe = trtopt.load_recipe(args.recipe, overrides=args.set, run_plugins=False)
     if not Path(recipe.model).is_file():
         raise trtopt.ModelError(f"model file not found: {recipe.model}", recipe.place("model"))
     if args.print:

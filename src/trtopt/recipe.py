@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -459,38 +460,86 @@ def parse_override(text: str, cwd: Path) -> tuple[KeyPath, Any]:
     return path, value
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, overrides: list[str] | None = None, run_plugins: bool = True
+) -> Recipe:
     """Load, merge (`extends`), override (`--set`) and validate a recipe file.
 
     Plugins named by the recipe are imported so that their passes validate like built-ins.
+    ``run_plugins=False`` (``trtopt validate``: checking an untrusted recipe must not run
+    its code) only parses them: the names their ``@register_pass("...")`` decorators spell
+    out are accepted as pass names, with options left for the compile to check.
     """
     document = _load_document(Path(path))
     for text in overrides or []:
         key_path, value = parse_override(text, Path.cwd())
         document = document.with_value(key_path, value, Place(f"--set {text}"))
-    recipe = recipe_from_document(document)
+    recipe = recipe_from_document(document, run_plugins)
     recipe._folder = Path(path).resolve().parent
     return recipe
 
 
-def recipe_from_document(document: Document) -> Recipe:
+def recipe_from_document(document: Document, run_plugins: bool = True) -> Recipe:
     try:
         recipe = Recipe.model_validate(document.data)
     except ValidationError as error:
         raise _recipe_error(error, document) from None
     recipe._document = document
+    owners: dict[str, str] = {}
     for i, plugin in enumerate(recipe.plugins):
         try:
-            load_plugin(Path(plugin))
+            names = list(load_plugin(Path(plugin)) if run_plugins else declared_passes(plugin))
         except RecipeError as error:
             raise RecipeError(error.message, document.place(("plugins", i))) from None
-    validate_passes(recipe)
+        for name in names:
+            if owners.get(name, plugin) != plugin:
+                raise RecipeError(
+                    f"pass '{name}' is registered twice: by {owners[name]} and by {plugin}",
+                    document.place(("plugins", i)),
+                )
+            owners[name] = plugin
+    validate_passes(recipe, set() if run_plugins else set(owners))
     return recipe
 
 
-def validate_passes(recipe: Recipe) -> None:
-    """Check every pass name and its options against the registry, naming the place."""
+def declared_passes(path: str | Path) -> list[str]:
+    """The pass names a plugin file registers with ``@register_pass("literal")``, read
+    without running it; a missing or unparsable file is a RecipeError. A name that is
+    also a built-in's is refused, as the import would refuse it."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except FileNotFoundError:
+        raise RecipeError(f"plugin file not found: {path}") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise RecipeError(f"plugin {path} does not parse: {error}") from None
+    names = []
+    for node in ast.walk(tree):
+        for decorator in getattr(node, "decorator_list", []):
+            if (
+                isinstance(decorator, ast.Call)
+                and getattr(decorator.func, "id", getattr(decorator.func, "attr", None))
+                == "register_pass"
+                and decorator.args
+                and isinstance(decorator.args[0], ast.Constant)
+                and isinstance(decorator.args[0].value, str)
+            ):
+                names.append(decorator.args[0].value)
+    for name in names:
+        if name in available_passes():
+            raise RecipeError(f"plugin {path} registers '{name}', which is a built-in pass")
+        if names.count(name) > 1:
+            raise RecipeError(f"plugin {path} registers '{name}' twice")
+    return names
+
+
+def validate_passes(recipe: Recipe, unchecked: set[str] | None = None) -> None:
+    """Check every pass name and its options against the registry, naming the place.
+    ``unchecked``: names of passes that plugins declare but were not loaded (their options
+    are checked when the compile loads them)."""
     for i, spec in enumerate(recipe.passes):
+        if unchecked and spec.name in unchecked:
+            continue
         try:
             pass_cls = get_pass(spec.name)
         except RecipeError as error:
