@@ -294,3 +294,29 @@ def test_a_plugin_exiting_at_import_is_reported(tmp_path, capsys, ending):
     err = capsys.readouterr().err
     assert str(plugin) in err and "failed to load" in err, err
     assert not (tmp_path / "out").exists()
+
+
+# -- values that would pass unchecked ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "message"),
+    [
+        ({"inputs": {"pixel_values": {"range": [1.0, 0.0]}}}, "range", "reversed"),
+        ({"inputs": {"pixel_values": {"range": [0.0, ".inf"]}}}, "range", "finite"),
+        ({"check": {"seed": -1}}, "seed", "greater than or equal to 0"),
+        ({"check": {"seed": 2**32}}, "seed", "less than 4294967296"),
+        ({"check": {"data": {"synthetic": {"seed": 2**32}}}}, "seed", "less than"),
+        ({"build": {"onnxruntime": {"intra_op_threads": 100000}}}, "intra_op_threads", "1024"),
+    ],
+    ids=["reversed-range", "infinite-range", "negative-seed", "huge-seed", "data-seed", "threads"],
+)
+def test_out_of_range_values_exit_2_with_their_place(tmp_path, capsys, change, key, message):
+    lines = ["name: x", f"model: {QUICKSTART_MODEL}"]
+    for section, value in change.items():
+        lines.append(f"{section}: {json.dumps(value)}".replace('".inf"', ".inf"))
+    path = tmp_path / "recipe.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}:3:" in err and key in err and message in err, err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +27,10 @@ from .positions import Document, KeyPath, load_yaml
 
 MAX_EXTENDS_DEPTH = 16
 MAX_ERRORS_SHOWN = 5
+MAX_THREADS = 1024
+"""Most ONNX Runtime threads a recipe may ask for: more only exhausts the machine."""
+SEED_LIMIT = 2**32
+"""Seeds are NumPy's: 0 <= seed < 2**32."""
 
 Dim = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]
 
@@ -67,6 +72,17 @@ class InputSpec(Strict):
     profiles: list[ProfileSpec] = []
     """Several optimization profiles; the engine's i-th profile takes every input's i-th."""
 
+    @field_validator("range")
+    @classmethod
+    def _ordered_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None:
+            low, high = value
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise ValueError("range bounds must be finite numbers")
+            if low > high:
+                raise ValueError(f"range [{low}, {high}] is reversed: write [{high}, {low}]")
+        return value
+
     @model_validator(mode="after")
     def _one_profile_form(self) -> InputSpec:
         if self.profile is not None and self.profiles:
@@ -85,9 +101,9 @@ class InputSpec(Strict):
 class OnnxruntimeOptions(Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime's own graph optimizations applied when the session is created."""
-    intra_op_threads: Annotated[int, Field(ge=0)] = 0
+    intra_op_threads: Annotated[int, Field(ge=0, le=MAX_THREADS)] = 0
     """Threads within an operator; 0 lets ONNX Runtime choose."""
-    inter_op_threads: Annotated[int, Field(ge=0)] = 0
+    inter_op_threads: Annotated[int, Field(ge=0, le=MAX_THREADS)] = 0
     """Threads across operators; 0 lets ONNX Runtime choose."""
 
 
@@ -258,7 +274,7 @@ class CheckSpec(Strict):
     reference: Literal["onnxruntime"] = "onnxruntime"
     """The reference: the original model on ONNX Runtime CPU."""
     samples: Annotated[int, Field(ge=1)] = 4
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=SEED_LIMIT)] = 0
     data: CheckData = CheckData()
     dims: dict[str, Annotated[int, Field(ge=1)]] = {}
     """Values of symbolic dims for synthetic data; unnamed ones default to DEFAULT_DIM."""

@@ -74,7 +74,8 @@ class ImageSource(_Strict):
 class SyntheticSource(_Strict):
     """Random data; ranges come from the recipe's ``inputs.<name>.range``."""
 
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    """NumPy's seed range: 0 <= seed < 2**32."""
 
 
 class DataSource(_Strict):
