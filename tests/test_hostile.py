@@ -320,3 +320,40 @@ def test_out_of_range_values_exit_2_with_their_place(tmp_path, capsys, change, k
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
     assert f"{path}:3:" in err and key in err and message in err, err
+
+
+# -- data scripts cannot fake success ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "import sys\nsys.exit(0)\n",
+        "def load_data():\n    raise SystemExit(0)\n",
+        "def load_data():\n    yield from ()\n    raise SystemExit(0)\n",
+        "def load_data():\n    raise GeneratorExit\n",
+    ],
+    ids=["exit-at-import", "exit-in-call", "exit-while-yielding", "generator-exit"],
+)
+def test_a_data_script_exiting_is_a_data_error(tmp_path, capsys, script):
+    (tmp_path / "data.py").write_text(script)
+    recipe = _recipe(
+        tmp_path, check={"samples": 1, "latency_runs": 0, "data": {"script": "data.py"}}
+    )
+    assert main(["compile", str(recipe), "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "data.py" in err and ("SystemExit" in err or "GeneratorExit" in err), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_data_script_read_partly_is_closed_cleanly(tmp_path):
+    (tmp_path / "data.py").write_text(
+        "import numpy as np\n"
+        "def load_data():\n"
+        "    for _ in range(100):\n"
+        "        yield {'pixel_values': np.zeros((1, 3, 32, 32), np.float32)}\n"
+    )
+    recipe = _recipe(
+        tmp_path, check={"samples": 2, "latency_runs": 0, "data": {"script": "data.py"}}
+    )
+    assert trtopt.compile(recipe, use_cache=False).exit_code == 0

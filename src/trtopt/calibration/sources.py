@@ -410,6 +410,9 @@ def _image_feeds(source: DataSource, inputs: Sequence[InputInfo]) -> Iterator[Fe
 
 
 def _script_feeds(path: Path, function: str) -> Iterator[Feed]:
+    """Feeds from a user's data script. Its code may raise anything, SystemExit included: all
+    but Ctrl-C is a DataError naming the script, so that it cannot end trtopt with a success
+    code of its own."""
     if not path.is_file():
         raise DataError("data loader script not found", str(path))
     module_name = f"trtopt_data_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
@@ -420,23 +423,48 @@ def _script_feeds(path: Path, function: str) -> Iterator[Feed]:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as error:
-        raise DataError(f"the data loader script failed: {error}", str(path)) from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:
+        sys.modules.pop(module_name, None)
+        raise DataError(
+            f"the data loader script failed: {type(error).__name__}: {error}", str(path)
+        ) from None
     loader = getattr(module, function, None)
     if not callable(loader):
         raise DataError(f"the script defines no function {function}()", str(path))
     try:
-        for index, feed in enumerate(loader()):
-            if not isinstance(feed, Mapping):
-                raise DataError(
-                    f"{function}() yielded a {type(feed).__name__}, not a dict of arrays "
-                    f"(item {index})",
-                    str(path),
-                )
-            yield {str(k): np.asarray(v) for k, v in feed.items()}
-    except DataError:
+        feeds = iter(loader())
+    except KeyboardInterrupt:
         raise
-    except Exception as error:
+    except BaseException as error:
         raise DataError(
             f"{function}() failed: {type(error).__name__}: {error}", str(path)
         ) from None
+    index = 0
+    while True:
+        try:  # only the script's own code: a GeneratorExit at our yield must pass through
+            feed = next(feeds)
+        except StopIteration:
+            return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as error:
+            raise DataError(
+                f"{function}() failed: {type(error).__name__}: {error}", str(path)
+            ) from None
+        if not isinstance(feed, Mapping):
+            raise DataError(
+                f"{function}() yielded a {type(feed).__name__}, not a dict of arrays "
+                f"(item {index})",
+                str(path),
+            )
+        try:
+            arrays = {str(k): np.asarray(v) for k, v in feed.items()}
+        except Exception as error:
+            raise DataError(
+                f"{function}() yielded values that are not arrays (item {index}): {error}",
+                str(path),
+            ) from None
+        yield arrays
+        index += 1
