@@ -124,10 +124,27 @@ def constants(graph: gs.Graph) -> Iterator[gs.Constant]:
                 yield constant
 
 
+def _restore_type_attributes(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph) -> None:
+    """graphsurgeon (0.6) skips TypeProto attributes on import (Optional's ``type``,
+    SequenceEmpty-like ops of other domains); put them back, as onnx.TypeProto values, which
+    its exporter writes as they were. Nodes import in order, subgraphs with them."""
+    for node_proto, node in zip(proto.node, graph.nodes):
+        for attribute in node_proto.attribute:
+            if attribute.type == onnx.AttributeProto.TYPE_PROTO:
+                node.attrs[attribute.name] = attribute.tp
+            elif attribute.type == onnx.AttributeProto.TYPE_PROTOS:
+                node.attrs[attribute.name] = list(attribute.type_protos)
+            elif attribute.type == onnx.AttributeProto.GRAPH:
+                _restore_type_attributes(attribute.g, node.attrs[attribute.name])
+
+
 def import_graph(model: onnx.ModelProto, base_dir: Path | None = None) -> gs.Graph:
     """Import a model loaded without its external data; its external weights stay on disk
     (``base_dir``: the folder their locations are relative to, the model's)."""
     graph = gs.import_onnx(model)
+    _restore_type_attributes(model.graph, graph)
+    for proto, function in zip(model.functions, graph.functions):
+        _restore_type_attributes(proto, function)
     if base_dir is None:
         return graph
     for constant in constants(graph):
@@ -161,12 +178,91 @@ def signature(constant: gs.Constant, head: int = 4096) -> tuple:
     return (str(array.dtype), array.shape, flat[: head // max(array.itemsize, 1)].tobytes())
 
 
+def graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """``graph`` and every subgraph nested in its nodes' attributes (If, Loop, Scan bodies)."""
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield current
+        for node in current.nodes:
+            pending.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
+
+
+def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield current
+        for node in current.node:
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    pending.append(attribute.g)
+                pending.extend(attribute.graphs)
+
+
+def _foreign_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
+    """Declared types graphsurgeon cannot write back (optional, map, nested sequences): by
+    value name, across the main graph and every subgraph."""
+    found = {}
+    for graph in _proto_graphs(model.graph):
+        for info in (*graph.input, *graph.output, *graph.value_info):
+            kind = info.type.WhichOneof("value")
+            nested = (
+                kind == "sequence_type"
+                and info.type.sequence_type.elem_type.WhichOneof("value") != "tensor_type"
+            )
+            if kind not in (None, "tensor_type", "sequence_type") or nested:
+                found[info.name] = info.type
+    return found
+
+
+def _text_constants_as_protos(graph: gs.Graph) -> None:
+    """graphsurgeon writes every in-memory constant as raw bytes, which string tensors cannot
+    be: give a loaded string constant back its TensorProto (onnx's own conversion)."""
+    for constant in constants(graph):
+        values = constant._values
+        if isinstance(values, np.ndarray) and values.dtype.kind in ("O", "S", "U"):
+            proto = onnx.numpy_helper.from_array(values.astype(object), constant.name)
+            constant._values = gs.ir.tensor.LazyValues(proto)
+
+
 def export_model(
     graph: gs.Graph, like: onnx.ModelProto | None = None, version: str = ""
 ) -> onnx.ModelProto:
-    """Export ``graph``, keeping the source model's IR version and metadata (``like``)."""
-    model = gs.export_onnx(graph, do_type_check=like is not None)
+    """Export ``graph``, keeping the source model's IR version and metadata (``like``).
+
+    graphsurgeon (0.6) cannot write optional or map types and loses nested sequence types:
+    those values are exported untyped and get the type the source model declared back."""
+    _text_constants_as_protos(graph)
+    foreign = _foreign_types(like) if like is not None else {}
+    hidden = []
+    for current in graphs(graph):
+        for tensor in current.tensors().values():
+            if isinstance(tensor, gs.Variable) and (
+                tensor.name in foreign
+                or tensor.type not in ("tensor_type", "sequence_type", "sparse_tensor_type")
+                or isinstance(tensor.dtype, onnx.TypeProto)  # an optional's, after a copy
+            ):
+                hidden.append((tensor, tensor.type, tensor.dtype, tensor.shape))
+                tensor.type, tensor.dtype, tensor.shape = "tensor_type", None, None
+    try:
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor, kind, dtype, shape in hidden:
+            tensor.type, tensor.dtype, tensor.shape = kind, dtype, shape
+    if foreign:
+        for proto in _proto_graphs(model.graph):
+            for info in (*proto.input, *proto.output):
+                if info.name in foreign:
+                    info.type.CopyFrom(foreign[info.name])
     if like is not None:
+        # A graph input or output never loses the type the source declared for it.
+        declared = {i.name: i.type for i in (*like.graph.input, *like.graph.output)}
+        for info in (*model.graph.input, *model.graph.output):
+            untyped = not info.type.HasField("tensor_type") or not info.type.tensor_type.elem_type
+            known = info.name in declared and declared[info.name].WhichOneof("value") is not None
+            if known and untyped and info.name not in foreign:
+                info.type.CopyFrom(declared[info.name])
         model.ir_version = like.ir_version
         model.producer_name, model.producer_version = "trtopt", version
         del model.metadata_props[:]
