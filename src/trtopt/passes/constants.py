@@ -6,8 +6,11 @@ import onnx_graphsurgeon as gs
 from pydantic import ByteSize
 
 from .base import Pass, PassContext, PassOptions
+from .folding import fold, fold_shapes
 from .graph_shapes import computed_shapes
 from .registry import register_pass
+
+MAX_ROUNDS = 4
 
 
 @register_pass("fold-constants")
@@ -22,28 +25,20 @@ class FoldConstants(Pass):
         """Also fold Shape nodes whose input shape is static, as the graph computes it (the
         shapes a model declares for its outputs and intermediates are ignored: exporters get
         them wrong)."""
-        partitioning: bool = False
-        """Fold in partitions, so one unfoldable node does not stop its neighbours."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         if self.options.fold_shapes:
-            # graphsurgeon folds a Shape node from its input tensor's recorded shape, which for
-            # an imported model is whatever the model declared: replace those by the computed
-            # ones (unknown where inference cannot tell), so a wrong declaration is never baked
-            # into a constant.
-            shapes, dtypes = computed_shapes(graph)
-            inputs = {id(t) for t in graph.inputs}
-            for tensor in graph.tensors().values():
-                if isinstance(tensor, gs.Variable) and id(tensor) not in inputs:
-                    tensor.dtype = tensor.dtype or dtypes.get(tensor.name)
-                    tensor.shape = shapes.get(tensor.name) if tensor.dtype else None
-        # onnx-graphsurgeon evaluates the constant subgraph with ONNX Runtime; when that fails
-        # (an op ORT cannot run) it logs and leaves the graph as it was, which is still correct.
-        graph.fold_constants(
-            fold_shapes=self.options.fold_shapes,
-            size_threshold=self.options.size_threshold,
-            partitioning="basic" if self.options.partitioning else None,
-            error_ok=True,
-        )
+            # ONNX's own inference (not ONNX Runtime's symbolic one, whose auto-merge may equate
+            # dims that differ): a dim is static here only if every valid run has it.
+            shapes, _ = computed_shapes(graph, symbolic=False)
+            fold_shapes(graph, shapes)
+        for _ in range(MAX_ROUNDS):
+            if not fold(graph, self.options.size_threshold) or not self.options.fold_shapes:
+                break
+            graph.cleanup(remove_unused_node_outputs=True)
+            # What folded may make more shapes static (a Reshape to a folded target).
+            shapes, _ = computed_shapes(graph, symbolic=False)
+            if not fold_shapes(graph, shapes):
+                break
         graph.cleanup(remove_unused_node_outputs=True)
         return graph

@@ -9,17 +9,27 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..graph_io import export_model
+
 log = logging.getLogger("trtopt.passes")
 
 
 def _infer(model: onnx.ModelProto, symbolic: bool = True) -> onnx.ModelProto | None:
     """ONNX Runtime's symbolic shape inference, which keeps dynamic dims named through shape
-    arithmetic (so equal dims are seen as equal); ONNX's own inference where it fails."""
-    if symbolic:
+    arithmetic (so equal dims are seen as equal); ONNX's own inference where it fails. Never
+    with auto-merge: it equates dims that conflict, and a fusion would bake that in."""
+    if symbolic and any(o.domain in ("", "ai.onnx") and o.version >= 7 for o in model.opset_import):
         try:
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+            # Its own infer_shapes() saves the model into the current folder whenever a shape
+            # stays unknown ("sym_shape_infer_temp.onnx" and a data file): its loop, without that.
+            inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
+            inference._preprocess(model)
+            while inference.run_:
+                inference._infer_impl()
+            inference._update_output_from_vi()
+            return inference.out_mp_
         except Exception as error:
             log.debug("symbolic shape inference failed (%s); using onnx.shape_inference", error)
     try:
@@ -54,7 +64,7 @@ def _light_model(graph: gs.Graph) -> onnx.ModelProto:
             is_input = any(tensor is t for t in copy.inputs)
             if not is_input:
                 tensor.shape = None
-    model = gs.export_onnx(copy, do_type_check=False)
+    model = export_model(copy)
     del model.graph.value_info[:]
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from ..errors import PassError
 from .base import Pass, PassContext, PassOptions
 from .graph_shapes import computed_shapes
 from .registry import register_pass
@@ -21,16 +20,29 @@ class InferShapes(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         # Inference sees the weights as typed inputs (graph_shapes), never their bytes, so a
-        # model of any size costs no copy of them. Where it cannot tell a tensor's shape, the
-        # declared one stays.
+        # model of any size costs no copy of them. Where it cannot tell a tensor's shape (an op
+        # of a domain with no shape function), the declared one stays: inference is an aid,
+        # never a reason to fail a compile.
         shapes, dtypes = computed_shapes(graph, self.options.symbolic)
-        if not shapes and not dtypes:
-            raise PassError("shape inference failed (ONNX Runtime's and ONNX's)")
         inputs = {id(t) for t in graph.inputs}
+        unknown = []
         for tensor in graph.tensors().values():
             if not isinstance(tensor, gs.Variable) or id(tensor) in inputs:
                 continue
+            if tensor.type != "tensor_type":
+                continue  # sequences and optionals keep their declared types
             tensor.dtype = tensor.dtype or dtypes.get(tensor.name)
             if shapes.get(tensor.name) is not None:
                 tensor.shape = shapes[tensor.name]
+            elif tensor.shape is None:
+                unknown.append(tensor.name)
+        ctx.details["unknown_shapes"] = len(unknown)
+        if unknown:
+            domains = sorted({n.domain or "ai.onnx" for n in graph.nodes})
+            ctx.log.info(
+                "infer-shapes: %d tensor(s) of unknown shape (domains: %s), e.g. '%s'",
+                len(unknown),
+                ", ".join(domains),
+                unknown[0],
+            )
         return graph

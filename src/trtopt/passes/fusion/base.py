@@ -52,7 +52,7 @@ class Fusion(Pass):
     def _computed(self) -> tuple[dict, dict]:
         cache = self._graph.__dict__.setdefault(SHAPE_CACHE, {})
         if "shapes" not in cache:
-            cache["shapes"], cache["dtypes"] = computed_shapes(self._graph)
+            cache["shapes"], cache["dtypes"] = computed_shapes(self._graph, symbolic=False)
         return cache["shapes"], cache["dtypes"]
 
     def dtype(self, tensor: gs.Tensor) -> np.dtype | None:

@@ -6,6 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..base import PassContext
+from ..folding import fold
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
 from .base import Fusion
@@ -152,9 +153,9 @@ class SimplifyShapes(Fusion):
 
 def fold_small_constants(graph: gs.Graph) -> None:
     """Evaluate what became constant (Unsqueeze, Concat, Cast of new constants...), up to
-    FOLD_LIMIT per tensor. Only constant subgraphs are evaluated (fold_shapes=False): the
-    graph's declared shapes are never trusted."""
-    graph.fold_constants(fold_shapes=False, error_ok=True, size_threshold=FOLD_LIMIT)
+    FOLD_LIMIT per tensor. Only constant subgraphs are evaluated: the graph's declared
+    shapes are never trusted."""
+    fold(graph, FOLD_LIMIT)
     graph.cleanup(remove_unused_node_outputs=True).toposort()
     invalidate_shapes(graph)
 
