@@ -5,7 +5,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import hashlib
 import logging
 import shutil
 import tempfile
@@ -64,6 +63,8 @@ from .model import (
 )
 from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass
 from .recipe import PassSpec, Recipe, load_recipe
+from .stages import Rollback, RolledBack, StageJudge, graph_signature, run_chain, run_pass
+from .stages import run as run_stage
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
 from .staging import stage as stage_output
@@ -129,39 +130,6 @@ def instantiate(items: Sequence[PassItem]) -> list[Pass]:
     return passes
 
 
-def graph_signature(graph: gs.Graph) -> str:
-    """A structural fingerprint (nodes, wiring, attributes, constants' shape and leading bytes
-    or on-disk place) that tells whether a pass changed the graph without reading every weight."""
-    digest = hashlib.sha256()
-    for node in graph.nodes:
-        digest.update(repr((node.op, node.name, sorted(node.attrs.items(), key=str))).encode())
-        digest.update(
-            repr(([t.name for t in node.inputs], [t.name for t in node.outputs])).encode()
-        )
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            digest.update(repr((tensor.name, tensor.shape, str(tensor.dtype))).encode())
-            digest.update(repr(graph_io.signature(tensor)).encode())
-        else:
-            digest.update(repr((tensor.name, tensor.shape, str(tensor.dtype))).encode())
-    io = [t.name for t in (*graph.inputs, *graph.outputs)]
-    digest.update(repr(io).encode())
-    return digest.hexdigest()
-
-
-def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    """Run one pass, turning an unexpected exception into a PassError that names it."""
-    try:
-        result = pass_.run(graph, ctx)
-    except TrtoptError:
-        raise
-    except Exception as error:
-        raise PassError(f"pass '{pass_.name}' failed: {type(error).__name__}: {error}") from error
-    if not isinstance(result, gs.Graph):
-        raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a gs.Graph")
-    return result
-
-
 def _version() -> str:
     from . import __version__
 
@@ -173,26 +141,89 @@ def _save(graph: gs.Graph, path: Path, like: onnx.ModelProto) -> list[Path]:
 
 
 def _optimized(
-    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None
+    model: str | Path | onnx.ModelProto,
+    passes: Sequence[PassItem] | None,
+    verify: bool,
+    data: str | Path | None,
+    strict: bool,
+    on_rollback: Callable[[Rollback], None] | None,
 ) -> tuple[gs.Graph, onnx.ModelProto]:
+    base_dir = None
     if isinstance(model, (str, Path)):
         source = load_model(model, external_data=False)
-        graph = graph_io.import_graph(source, Path(model).parent)
+        base_dir = Path(model).parent
     else:
-        source, graph = model, gs.import_onnx(model)
+        source = model
+    graph = graph_io.import_graph(source, base_dir)
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
     with tempfile.TemporaryDirectory(prefix="trtopt-") as scratch, _quiet_polygraphy():
         ctx = PassContext(scratch_dir=Path(scratch))
-        for pass_ in pipeline:
-            graph = run_pass(pass_, graph, ctx)
+        if not verify:
+            for pass_ in pipeline:
+                graph = run_pass(pass_, graph, ctx)
+            return graph, source
+        judge = StageJudge(source, Path(scratch), [], _version())
+        original = model if base_dir is not None else Path(scratch) / "original.onnx"
+        if base_dir is None:
+            onnx.save_model(source, str(original))
+        judge.feeds, judge.outputs, unverified = _optimize_reference(source, Path(original), data)
+        if unverified:
+            log.warning(
+                "outputs not compared (%s): each pass is checked to load and run only", unverified
+            )
+        graph, rollbacks = run_chain(
+            graph, pipeline, ctx, judge, lambda: graph_io.import_graph(source, base_dir)
+        )
+    for rollback in rollbacks:
+        (on_rollback or _log_rollback)(rollback)
+    if strict and rollbacks:
+        raise RolledBack(rollbacks)
     return graph, source
 
 
+def _log_rollback(rollback: Rollback) -> None:
+    log.warning("pass '%s' rolled back: %s", rollback.pass_name, rollback.reason)
+
+
+def _optimize_reference(
+    source: onnx.ModelProto, path: Path, data: str | Path | None
+) -> tuple[list[feeds.Feed], list | None, str | None]:
+    """The feeds an optimize proves its stages on (``data``: an .npz of arrays by input name;
+    else synthetic, at the declared shapes, symbolic dims 1) and the original's outputs on
+    them; or why outputs cannot be compared here."""
+    try:
+        infos = feeds.model_inputs(source)
+    except Exception as error:  # an input that is no tensor (a sequence, an optional)
+        return [], None, f"inputs that are not tensors ({type(error).__name__}: {error})"
+    if data is not None:
+        data_feeds = list(DataSet(DataSource(npz=str(data)), infos, {}, {}).feeds())
+    else:
+        try:
+            ones = {d: 1 for i in infos for d in i.shape if isinstance(d, str)}
+            data_feeds = feeds.synthetic_feeds(infos, 1, 0, ones, {})
+        except Exception as error:  # an input type synthetic data cannot make
+            return [], None, f"no synthetic data for these inputs: {error}"
+    try:
+        return data_feeds, run_stage(path, data_feeds), None
+    except Exception as error:
+        return [], None, f"the original model does not run on ONNX Runtime here: {error}"
+
+
 def optimize(
-    model: str | Path | onnx.ModelProto, passes: Sequence[PassItem] | None = None
+    model: str | Path | onnx.ModelProto,
+    passes: Sequence[PassItem] | None = None,
+    *,
+    verify: bool = True,
+    data: str | Path | None = None,
+    strict: bool = False,
+    on_rollback: Callable[[Rollback], None] | None = None,
 ) -> onnx.ModelProto:
-    """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model."""
-    graph, source = _optimized(model, passes)
+    """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model.
+
+    ``verify`` proves every pass's result (valid ONNX, runs on ONNX Runtime, same outputs as
+    before it on ``data`` or synthetic inputs) and rolls back a pass that fails, calling
+    ``on_rollback`` (default: a logged warning); ``strict`` raises RolledBack instead."""
+    graph, source = _optimized(model, passes, verify, data, strict, on_rollback)
     return graph_io.export_model(graph, source, _version())
 
 
@@ -201,11 +232,17 @@ def optimize_file(
     output: str | Path,
     passes: Sequence[PassItem] | None = None,
     external_data: bool | None = None,
+    *,
+    verify: bool = True,
+    data: str | Path | None = None,
+    strict: bool = False,
+    on_rollback: Callable[[Rollback], None] | None = None,
 ) -> list[Path]:
     """Optimize a model file into ``output`` (returns the files written). The weights stay on
     disk throughout, so a model of any size needs little more memory than the passes create.
-    ``external_data`` None saves weights to ``<output>.data`` above 1 GiB."""
-    graph, source = _optimized(model, passes)
+    ``external_data`` None saves weights to ``<output>.data`` above 1 GiB; the rest as
+    :func:`optimize`."""
+    graph, source = _optimized(model, passes, verify, data, strict, on_rollback)
     return graph_io.save_graph(graph, Path(output), source, _version(), external_data)
 
 

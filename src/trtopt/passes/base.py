@@ -54,6 +54,10 @@ class Pass:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type[PassOptions]] = PassOptions
+    exact: ClassVar[bool] = True
+    """Whether the pass keeps what the model computes (float reordering aside): after an exact
+    pass the pipeline compares the outputs with the stage before and rolls the pass back when
+    they moved. Precision and quantization passes change numbers on purpose: False."""
 
     def __init__(self, options: PassOptions | None = None) -> None:
         self.options = options if options is not None else self.Options()
