@@ -22,6 +22,8 @@ from trtopt import Pass, PassOptions, register_pass
 class PerturbWeights(Pass):
     """Scale the first large weight (a deliberately wrong pass)."""
 
+    exact = False  # declares that it changes the numbers: the check judges it
+
     class Options(PassOptions):
         scale: float = 1.5
 
@@ -34,12 +36,27 @@ class PerturbWeights(Pass):
         return graph
 
 
+@register_pass("sneaky-perturb")
+class SneakyPerturb(PerturbWeights):
+    """The same wrong pass, claiming to keep the numbers (the default)."""
+
+    exact = True
+
+
 @register_pass("explode")
 class Explode(Pass):
     """Fail like a buggy pass."""
 
     def run(self, graph, ctx):
         raise RuntimeError("boom")
+
+
+@register_pass("quit")
+class Quit(Pass):
+    """User code that tries to end trtopt with success."""
+
+    def run(self, graph, ctx):
+        raise SystemExit(0)
 '''
 
 
@@ -104,16 +121,48 @@ def test_accuracy_failure_writes_artifact_and_names_output_and_metric(
     assert "**FAIL**" in (tmp_path / "out" / "report.md").read_text()
 
 
+@pytest.mark.parametrize("culprit", ["sneaky-perturb", "explode"])
+def test_a_pass_that_breaks_the_model_is_rolled_back_and_named(
+    culprit, recipe_for, write_recipe, tmp_path
+):
+    (tmp_path / "bad.py").write_text(PERTURB_PLUGIN)
+    recipe = recipe_for(
+        MODELS / "cnn_legacy.onnx",
+        plugins=["bad.py"],
+        passes=["cleanup", culprit, "fold-constants"],
+        output="out",
+    )
+    result = trtopt.compile(write_recipe(recipe))
+    assert result.exit_code == 0, result.report["accuracy"]["failures"]
+    record = result.report["passes"][1]
+    expected = "changed by up to" if culprit == "sneaky-perturb" else "RuntimeError: boom"
+    assert expected in record["rolled_back"] and not record["changed"]
+    assert result.report["passes"][2]["rolled_back"] is None
+    assert any(w.startswith(f"pass '{culprit}' rolled back") for w in result.report["warnings"])
+    assert "rolled back" in (tmp_path / "out" / "report.md").read_text()
+    assert "rolled back" in (tmp_path / "out" / "report.html").read_text()
+    assert f"WARN pass '{culprit}' rolled back" in result.summary()
+    # The artifact computes what the original does.
+    data = model_feeds(onnx.load(str(MODELS / "cnn_legacy.onnx")))
+    assert_same_outputs(
+        ort_run(MODELS / "cnn_legacy.onnx", data), ort_run(tmp_path / "out" / "model.onnx", data)
+    )
+
+    strict = trtopt.compile(write_recipe(dict(recipe, strict=True)))
+    assert strict.exit_code == 1 and strict.report["verdict"] == "fail"
+    assert strict.report["accuracy"]["failures"][0].startswith(f"pass '{culprit}' rolled back")
+
+
 def test_failed_compile_keeps_the_previous_output(recipe_for, write_recipe, tmp_path):
     (tmp_path / "bad.py").write_text(PERTURB_PLUGIN)
     good = recipe_for(MODELS / "cnn_dynamo.onnx", output="out", plugins=["bad.py"])
     trtopt.compile(write_recipe(good))
     before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
 
-    broken = dict(good, passes=["cleanup", "explode"])
+    broken = dict(good, passes=["cleanup", "quit"])
     with pytest.raises(PassError) as info:
         trtopt.compile(write_recipe(broken))
-    assert "pass 'explode' failed: RuntimeError: boom" in str(info.value)
+    assert "pass 'quit' failed: called sys.exit(0)" in str(info.value)
     assert str(info.value).startswith(f"{tmp_path / 'recipe.yaml'}:")
     assert info.value.exit_code == 3
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}

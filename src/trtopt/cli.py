@@ -28,6 +28,8 @@ def _progress(message: str) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    if args.strict:  # the same as the recipe's own key, for every recipe named
+        args.set = [*(args.set or []), "strict=true"]
     cache = {"cache_dir": args.cache_dir, "use_cache": not args.no_cache}
     if args.ray is not None:
         if args.force:
@@ -113,7 +115,7 @@ def _size(count: int) -> str:
 def cmd_optimize(args: argparse.Namespace) -> int:
     passes = [p.strip() for p in args.passes.split(",") if p.strip()] if args.passes else None
     known = trtopt.available_passes()
-    for name in passes or []:
+    for name in [] if args.plugin else passes or []:  # a plugin's names are known once loaded
         if name not in known:
             hint = did_you_mean(name, known)
             raise trtopt.UserError(f"unknown pass '{name}'{hint}", f"--passes {args.passes}")
@@ -124,7 +126,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
         staged = Path(staging) / out.name
         files = trtopt.optimize_file(
-            args.input, staged, passes=passes, external_data=args.external_data or None
+            args.input,
+            staged,
+            passes=passes,
+            external_data=args.external_data or None,
+            verify=not args.no_verify,
+            data=args.data,
+            strict=args.strict,
+            plugins=args.plugin or (),
+            on_rollback=lambda r: print(
+                f"{args.input}: pass '{r.pass_name}' rolled back: {r.reason}", file=sys.stderr
+            ),
         )
         after = len(onnx.load(str(staged), load_external_data=False).graph.node)
         for file in files:
@@ -340,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an output folder that exists, is not empty and was not written by "
         "trtopt (never a file, a symlink, or a folder holding the compile's inputs)",
     )
+    sub.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a pass had to be rolled back (as `strict: true` in the recipe)",
+    )
 
     sub = verb("optimize", cmd_optimize, "Run graph passes on a model, no recipe needed.")
     sub.add_argument("input")
@@ -349,6 +366,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--external-data",
         action="store_true",
         help="save weights to OUTPUT.data (automatic above 1 GiB)",
+    )
+    sub.add_argument(
+        "--data",
+        metavar="FILE.npz",
+        help="inputs (arrays by input name) each pass's result is proven on (default: "
+        "synthetic inputs at the model's declared shapes)",
+    )
+    sub.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 and write nothing when a pass had to be rolled back",
+    )
+    sub.add_argument(
+        "--plugin",
+        action="append",
+        metavar="FILE.py",
+        help="a file whose passes --passes may name (repeatable)",
+    )
+    sub.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="run the passes without proving each result on ONNX Runtime (no rollback)",
     )
 
     sub = verb("validate", cmd_validate, "Check a recipe against the schema.")

@@ -307,7 +307,11 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
                 f'<td class="num">{p["nodes_after"]}</td>',
                 f'<td class="num">{p["seconds"]:.3f}</td>',
                 "<td>"
-                + (_e(", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items())) or "no-op")
+                + (
+                    f"<b>rolled back</b>: {_e(p['rolled_back'])}"
+                    if p.get("rolled_back")
+                    else _e(", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items())) or "no-op"
+                )
                 + "</td>",
             ]
             for i, p in enumerate(passes)

@@ -82,8 +82,10 @@ def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
         onnx.onnx_cpp2py_export.checker.ValidationError,
         UnicodeDecodeError,  # a corrupt string field (e.g. a flipped bit in a name)
     ) as error:
-        first = str(error).strip().splitlines()[0]
-        raise ModelError(f"invalid ONNX model: {first}", str(path)) from None
+        # The checker's message runs over several lines (the node it names, then why): one.
+        text = " ".join(str(error).split())
+        text = text if len(text) <= 600 else text[:600] + "..."
+        raise ModelError(f"invalid ONNX model: {text}", str(path)) from None
     return model
 
 

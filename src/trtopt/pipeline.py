@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,18 @@ from .model import (
     model_sha256,
     op_histogram,
 )
-from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass
+from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass, load_plugin
 from .recipe import PassSpec, Recipe, load_recipe
-from .stages import Rollback, RolledBack, StageJudge, graph_signature, run_chain, run_pass
+from .stages import (
+    Outputs,
+    Rollback,
+    RolledBack,
+    StageJudge,
+    failure,
+    graph_signature,
+    run_chain,
+    run_pass,
+)
 from .stages import run as run_stage
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
@@ -147,7 +157,10 @@ def _optimized(
     data: str | Path | None,
     strict: bool,
     on_rollback: Callable[[Rollback], None] | None,
+    plugins: Sequence[str | Path],
 ) -> tuple[gs.Graph, onnx.ModelProto]:
+    for plugin in plugins:
+        load_plugin(Path(plugin))
     base_dir = None
     if isinstance(model, (str, Path)):
         source = load_model(model, external_data=False)
@@ -217,13 +230,15 @@ def optimize(
     data: str | Path | None = None,
     strict: bool = False,
     on_rollback: Callable[[Rollback], None] | None = None,
+    plugins: Sequence[str | Path] = (),
 ) -> onnx.ModelProto:
     """Run passes (default: DEFAULT_PASSES) over a model and return the optimized model.
 
     ``verify`` proves every pass's result (valid ONNX, runs on ONNX Runtime, same outputs as
     before it on ``data`` or synthetic inputs) and rolls back a pass that fails, calling
-    ``on_rollback`` (default: a logged warning); ``strict`` raises RolledBack instead."""
-    graph, source = _optimized(model, passes, verify, data, strict, on_rollback)
+    ``on_rollback`` (default: a logged warning); ``strict`` raises RolledBack instead.
+    ``plugins``: files whose passes ``passes`` may name."""
+    graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
     return graph_io.export_model(graph, source, _version())
 
 
@@ -237,12 +252,13 @@ def optimize_file(
     data: str | Path | None = None,
     strict: bool = False,
     on_rollback: Callable[[Rollback], None] | None = None,
+    plugins: Sequence[str | Path] = (),
 ) -> list[Path]:
     """Optimize a model file into ``output`` (returns the files written). The weights stay on
     disk throughout, so a model of any size needs little more memory than the passes create.
     ``external_data`` None saves weights to ``<output>.data`` above 1 GiB; the rest as
     :func:`optimize`."""
-    graph, source = _optimized(model, passes, verify, data, strict, on_rollback)
+    graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
     return graph_io.save_graph(graph, Path(output), source, _version(), external_data)
 
 
@@ -330,18 +346,34 @@ class _Reference:
         self.outputs = accuracy.run(self.runner, data)
 
 
-def _verify_stage(
-    graph: gs.Graph,
-    like: onnx.ModelProto,
+JUDGED_SAMPLES = 2
+"""Check feeds each stage runs on to prove it (all of them with ``check.verify_passes``)."""
+
+
+def _stage_judge(
+    recipe: Recipe,
+    source: onnx.ModelProto,
+    model_path: Path,
     scratch: Path,
     data: list[feeds.Feed],
     reference: _Reference,
-    recipe: Recipe,
-) -> accuracy.AccuracyResult:
-    path = scratch / "stage.onnx"
-    _save(graph, path, like)
-    outputs = accuracy.run(OnnxrtRunner(session_loader(path), name="stage"), data)
-    return _compare(reference.outputs, outputs, recipe)
+) -> tuple[StageJudge | None, Callable[[Outputs], accuracy.AccuracyResult] | None]:
+    """What proves each pass of a compile, and (``verify_passes``) what judges each stage's
+    accuracy against the reference. A model over 1 GiB is proven once, as an artifact:
+    saving and running every stage of it would cost more than the compile."""
+    if _on_disk(model_path) > EXTERNAL_DATA_THRESHOLD:
+        log.info("stages of a model over 1 GiB are not proven one by one")
+        return None, None
+    count = len(data) if recipe.check.verify_passes else min(len(data), JUDGED_SAMPLES)
+    judge = StageJudge(source, scratch, data[:count], _version())
+    judge.start([dict(r) for r in reference.outputs[:count]])
+    if not recipe.check.verify_passes:
+        return judge, None
+
+    def verify(outputs: Outputs) -> accuracy.AccuracyResult:
+        return _compare(reference.outputs, outputs, recipe)
+
+    return judge, verify
 
 
 def _compare(
@@ -362,12 +394,20 @@ def _run_passes(
     ctx: WatchedContext,
     plan: Plan | None,
     staging: Path,
-    verify: Callable[[gs.Graph], accuracy.AccuracyResult] | None,
+    judge: StageJudge | None,
+    verify: Callable[[Outputs], accuracy.AccuracyResult] | None,
     say: Callable[[str], None],
 ) -> tuple[gs.Graph, list[dict[str, Any]], str | None]:
     """Run the passes (or take their outputs from the cache): the final graph, a record per
-    pass for the report, and the first pass whose outputs diverged (when ``verify`` is set)."""
+    pass for the report, and the first pass whose outputs diverged (when ``verify`` is set).
+
+    ``judge`` proves each changed stage (stages.py); a pass it refuses, or one that raises,
+    is rolled back: its record says why, and nothing of it is cached or kept."""
     graph: gs.Graph | None = graph_io.import_graph(source, base_dir)
+
+    def restore() -> gs.Graph:
+        return graph_io.import_graph(source, base_dir)
+
     histogram = op_histogram(source)
     records, first_diverging = [], None
     pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
@@ -381,18 +421,37 @@ def _run_passes(
             record = _cached_stage(entry, ctx, staging)
             histogram, graph, pending = entry.meta["histogram"], None, entry
             plan.advance(key)
-            if verify is not None:
+            restore = partial(_load_stage, entry)
+            if verify is not None or not pass_.exact:
                 graph, pending = _load_stage(entry), None
+                if judge is not None:  # the next exact pass is compared with this stage
+                    judge.judge(graph, exact=False)
         else:
             if graph is None:
                 graph, pending = _load_stage(pending), None
             artifacts_before, warnings_before = snapshot(staging), len(ctx.warnings)
             ctx.data_read, ctx.details = False, {}
             before_sig, before_hist, start = graph_signature(graph), histogram, time.perf_counter()
+            rolled_back = None
             try:
                 graph = run_pass(pass_, graph, ctx)
             except PassError as error:
-                raise PassError(error.message, recipe.place("passes", index)) from error
+                if isinstance(error.__cause__, SystemExit):
+                    raise PassError(error.message, recipe.place("passes", index)) from error
+                rolled_back = failure(pass_, error)
+            changed = rolled_back is None and graph_signature(graph) != before_sig
+            if changed and judge is not None:
+                rolled_back, path, _ = judge.judge(graph, pass_.exact)
+                if rolled_back is None:
+                    restore = partial(_load_path, path)
+            if rolled_back is not None:
+                graph, changed = restore(), False
+                for name in written(artifacts_before, staging):
+                    (staging / name).unlink(missing_ok=True)
+                del ctx.warnings[warnings_before:]
+                ctx.details = {}
+                ctx.warnings.append(f"pass '{pass_.name}' rolled back: {rolled_back}")
+                say(f"pass {pass_.name} rolled back: {rolled_back}")
             seconds = time.perf_counter() - start
             histogram = dict(sorted(Counter(node.op for node in graph.nodes).items()))
             record = {
@@ -401,14 +460,16 @@ def _run_passes(
                 "seconds": round(seconds, 6),
                 "nodes_before": sum(before_hist.values()),
                 "nodes_after": len(graph.nodes),
-                "changed": graph_signature(graph) != before_sig,
+                "changed": changed,
+                "rolled_back": rolled_back,
                 "op_delta": _op_delta(before_hist, histogram),
                 "verification": None,
                 # What the pass reports about itself, e.g. nodes kept in higher precision.
                 "details": ctx.details,
                 "cached": False,
             }
-            if plan is not None:
+            # A rolled-back pass leaves the graph as it was: nothing to cache, the key stays.
+            if plan is not None and rolled_back is None:
                 if ctx.data_read and key == base_key:
                     key = digest(base_key, "data", plan.data())
                     plan.cache.mark_reads_data(base_key)
@@ -429,8 +490,8 @@ def _run_passes(
                         staging,
                     )
                 plan.advance(key)
-        if verify is not None:
-            stage = verify(graph)
+        if verify is not None and judge is not None and judge.outputs is not None:
+            stage = verify(judge.outputs)
             record["verification"] = stage.to_json()
             if not stage.passed and first_diverging is None:
                 first_diverging = pass_.name
@@ -439,6 +500,10 @@ def _run_passes(
     if graph is None:
         graph = _load_stage(pending)
     return graph, records, first_diverging
+
+
+def _load_path(path: Path) -> gs.Graph:
+    return graph_io.import_graph(load_model(path, external_data=False), path.parent)
 
 
 def _return_freed_memory() -> None:
@@ -548,14 +613,9 @@ def _compile(
                 validation=validation,
                 artifacts_dir=staging,
             )
-            verify = None
-            if recipe.check.verify_passes:
-
-                def verify(graph: gs.Graph) -> accuracy.AccuracyResult:
-                    return _verify_stage(graph, source, scratch, data, reference, recipe)
-
+            judge, verify = _stage_judge(recipe, source, model_path, scratch, data, reference)
             graph, records, first_diverging = _run_passes(
-                recipe, pipeline, source, model_path.parent, ctx, plan, staging, verify, say
+                recipe, pipeline, source, model_path.parent, ctx, plan, staging, judge, verify, say
             )
             artifact_files = _save(graph, staging / "model.onnx", source)
             del graph  # the passes' arrays (e.g. FP16 weights) are on disk now
@@ -616,7 +676,15 @@ def _compile(
                 latency_report["interleaved"] = together
 
         passed = result.passed and (golden_check is None or golden_check.passed)
-        exit_code = EXIT_OK if passed and first_diverging is None else EXIT_ACCURACY
+        rollbacks = [
+            f"pass '{r['name']}' rolled back: {r['rolled_back']}"
+            for r in records
+            if r.get("rolled_back")
+        ]
+        strict_failure = recipe.strict and bool(rollbacks)
+        exit_code = (
+            EXIT_OK if passed and first_diverging is None and not strict_failure else EXIT_ACCURACY
+        )
         verdict = "pass" if exit_code == EXIT_OK else "fail"
         if unavailable:  # the accuracy verdict stands; the compile itself is incomplete
             exit_code, verdict = EXIT_USER, "incomplete"
@@ -644,6 +712,7 @@ def _compile(
             },
             "passes": records,
             "first_diverging_pass": first_diverging,
+            "rolled_back": rollbacks,
             "build": {
                 "backend": build.backend,
                 "seconds": round(build.seconds, 6),
@@ -668,6 +737,8 @@ def _compile(
             "kept_in_higher_precision": _kept(records),
             "warnings": list(ctx.warnings),
         }
+        if strict_failure:
+            the_report["accuracy"]["failures"][:0] = [f"{line} (strict)" for line in rollbacks]
         if first_diverging:
             the_report["accuracy"]["failures"].insert(
                 0, f"pass '{first_diverging}' is the first whose outputs diverge"

@@ -337,6 +337,10 @@ class Recipe(Strict):
     plugins: list[str] = []
     """Python files defining extra passes; loaded before the passes are validated."""
     cache: CacheSpec = CacheSpec()
+    strict: bool = False
+    """A pass whose result fails to load, fails the ONNX checker, changes the outputs of a
+    pass that must keep them, or raises, is rolled back and the compile goes on; true: such a
+    rollback fails the compile (exit 1)."""
 
     _document: Document | None = PrivateAttr(default=None)
     _folder: Path | None = PrivateAttr(default=None)

@@ -65,6 +65,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for p in report["passes"]:
         delta = ", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items()) or "no-op"
+        if p.get("rolled_back"):
+            delta = f"**rolled back**: {p['rolled_back']}"
         lines.append(
             f"| {p['name']} | {p['seconds']:.3f} | {p['nodes_before']} | {p['nodes_after']} | "
             f"{delta} |"
@@ -125,6 +127,12 @@ def summary(report: dict[str, Any]) -> str:
             f"{golden['golden']})"
         )
     lines += [f"    FAIL {line}" for line in report["accuracy"]["failures"]]
+    failed = set(report["accuracy"]["failures"])
+    lines += [
+        f"    WARN {line}"
+        for line in report.get("rolled_back") or []
+        if f"{line} (strict)" not in failed
+    ]
     latency = report.get("latency")
     if latency:
         lines.append(

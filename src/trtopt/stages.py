@@ -161,6 +161,11 @@ def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     return result
 
 
+def failure(pass_: Pass, error: PassError) -> str:
+    """What went wrong in a pass, without the "pass 'x' failed:" a rollback line repeats."""
+    return error.message.removeprefix(f"pass '{pass_.name}' failed: ")
+
+
 def run_chain(
     graph: gs.Graph,
     passes: Sequence[Pass],
@@ -178,7 +183,7 @@ def run_chain(
         except PassError as error:
             if isinstance(error.__cause__, SystemExit):
                 raise
-            rollbacks.append(Rollback(pass_.name, error.message))
+            rollbacks.append(Rollback(pass_.name, failure(pass_, error)))
             graph = restore()
             continue
         if graph_signature(graph) == signature:
