@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from .base import Pass, PassContext, PassOptions
+from .graph_clean import prune, sort
 from .registry import register_pass
 
 
@@ -71,12 +72,8 @@ class Cleanup(Pass):
                 bypass(graph, node)
             elif node.op == "Dropout" and self.options.remove_dropout and self._is_inference(node):
                 bypass(graph, node)
-        graph.cleanup(
-            remove_unused_node_outputs=True,
-            remove_unused_graph_inputs=self.options.remove_unused_inputs,
-        )
-        graph.toposort()
-        return graph
+        prune(graph, remove_unused_graph_inputs=self.options.remove_unused_inputs)
+        return sort(graph)
 
     @staticmethod
     def _is_inference(node: gs.Node) -> bool:

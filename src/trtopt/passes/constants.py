@@ -7,6 +7,7 @@ from pydantic import ByteSize
 
 from .base import Pass, PassContext, PassOptions
 from .folding import fold, fold_shapes
+from .graph_clean import prune
 from .graph_shapes import computed_shapes
 from .registry import register_pass
 
@@ -35,10 +36,9 @@ class FoldConstants(Pass):
         for _ in range(MAX_ROUNDS):
             if not fold(graph, self.options.size_threshold) or not self.options.fold_shapes:
                 break
-            graph.cleanup(remove_unused_node_outputs=True)
+            prune(graph)
             # What folded may make more shapes static (a Reshape to a folded target).
             shapes, _ = computed_shapes(graph, symbolic=False)
             if not fold_shapes(graph, shapes):
                 break
-        graph.cleanup(remove_unused_node_outputs=True)
-        return graph
+        return prune(graph)

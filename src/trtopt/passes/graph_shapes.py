@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph_io import export_model
+from .graph_clean import quiet
 
 log = logging.getLogger("trtopt.passes")
 
@@ -54,6 +55,9 @@ def _light_model(graph: gs.Graph) -> onnx.ModelProto:
     large weights as typed inputs instead of bytes (inference needs their dims only; copying
     hundreds of MB per inference would dominate a fusion run)."""
     copy = graph.copy()  # tensors are copied, constant values shared
+    # A fusion asks for shapes mid-round: the roots it replaced are still listed, with no
+    # outputs and the name their replacement took. They compute nothing: leave them out.
+    copy.nodes = [node for node in copy.nodes if node.outputs]
     for tensor in list(copy.tensors().values()):
         if isinstance(tensor, gs.Constant) and _nbytes(tensor) > LIGHT_BYTES:
             dtype, shape = tensor.dtype, list(tensor.shape)
@@ -64,7 +68,8 @@ def _light_model(graph: gs.Graph) -> onnx.ModelProto:
             is_input = any(tensor is t for t in copy.inputs)
             if not is_input:
                 tensor.shape = None
-    model = export_model(copy)
+    with quiet():
+        model = export_model(copy)
     del model.graph.value_info[:]
     for output in model.graph.output:
         output.type.tensor_type.ClearField("shape")

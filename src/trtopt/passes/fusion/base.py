@@ -11,6 +11,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..base import Pass, PassContext, PassOptions
+from ..graph_clean import prune, sort
 from ..graph_shapes import SHAPE_CACHE, SHARED_SHAPES, computed_shapes, invalidate_shapes
 from .opset import opset, raise_opset
 from .pattern import Match, OneOf, Op, constant_value, find, root_ops
@@ -111,7 +112,7 @@ class Fusion(Pass):
                 break
             self.rewrites += changed
             invalidate_shapes(graph)
-            graph.cleanup(remove_unused_node_outputs=True).toposort()
+            sort(prune(graph))
             graph.__dict__.pop("_trtopt_names", None)
         for refusal in self.refusals:
             ctx.log.debug("%s: '%s' not rewritten: %s", self.name, refusal.node, refusal.reason)

@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ...graph_io import peek
 from ..base import Pass, PassContext
+from ..graph_clean import prune, sort
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
 
@@ -51,7 +52,7 @@ class CommonSubexpressions(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         self.rewrites = 0
-        graph.toposort()
+        sort(graph)
         outputs = {id(t) for t in graph.outputs}
         seen: dict[tuple, gs.Node] = {}
         for node in graph.nodes:
@@ -74,6 +75,6 @@ class CommonSubexpressions(Pass):
             self.rewrites += 1
         if self.rewrites:
             ctx.log.info("cse: %d node(s) merged", self.rewrites)
-            graph.cleanup(remove_unused_node_outputs=True).toposort()
+            sort(prune(graph))
             invalidate_shapes(graph)
         return graph

@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 
 from ...graph_io import peek
 from ..base import Pass, PassContext
+from ..graph_clean import prune
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
 from .cse import redirect
@@ -47,7 +48,7 @@ class DedupInitializers(Pass):
                     self.rewrites += 1
         if self.rewrites:
             ctx.log.info("dedup-initializers: %d duplicate(s) removed", self.rewrites)
-            graph.cleanup()
+            prune(graph)
             invalidate_shapes(graph)
         return graph
 

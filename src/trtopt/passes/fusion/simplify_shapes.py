@@ -7,6 +7,7 @@ import onnx_graphsurgeon as gs
 
 from ..base import PassContext
 from ..folding import fold
+from ..graph_clean import prune, sort
 from ..graph_shapes import invalidate_shapes
 from ..registry import register_pass
 from .base import Fusion
@@ -156,7 +157,7 @@ def fold_small_constants(graph: gs.Graph) -> None:
     FOLD_LIMIT per tensor. Only constant subgraphs are evaluated: the graph's declared
     shapes are never trusted."""
     fold(graph, FOLD_LIMIT)
-    graph.cleanup(remove_unused_node_outputs=True).toposort()
+    sort(prune(graph))
     invalidate_shapes(graph)
 
 
