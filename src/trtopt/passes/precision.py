@@ -166,6 +166,7 @@ class Precision(Pass):
                 reasons[node.name] = f"op type {node.op} in keep_fp32"
             elif matches(node, [], options.keep_fp32.nodes):
                 reasons[node.name] = "name matches keep_fp32.nodes"
+        reasons.update(_control_flow_fp32(graph, shapes))
         if options.dtype == "fp16" and options.guard.enabled:
             reasons.update(self._guard(graph, float_nodes, reasons, ctx))
         lowered = {
@@ -455,6 +456,36 @@ def _np(onnx_type: int) -> Any:
     if onnx_type == onnx.TensorProto.BFLOAT16:
         return ml_dtypes.bfloat16
     return onnx.helper.tensor_dtype_to_np_dtype(onnx_type)
+
+
+def _control_flow_fp32(graph: gs.Graph, skip: set[str] | dict) -> dict[str, str]:
+    """If, Loop and Scan nodes, and the producers of what their bodies read from the main
+    graph, stay FP32: the bodies are left as they are (FP32), and an outer value they read
+    directly cannot be given a Cast."""
+    reasons: dict[str, str] = {}
+    for node in graph.nodes:
+        bodies = [v for v in node.attrs.values() if isinstance(v, gs.Graph)]
+        if not bodies or node.name in skip:
+            continue
+        reasons[node.name] = f"control flow ({node.op}): its subgraphs stay FP32"
+        for tensor in _outer_reads(bodies):
+            for producer in tensor.inputs:
+                if producer.name not in skip:
+                    reasons.setdefault(producer.name, f"read inside {node.op} '{node.name}'")
+    return reasons
+
+
+def _outer_reads(bodies: list[gs.Graph]) -> list[gs.Tensor]:
+    """The values that ``bodies`` (and the bodies nested in them) read from outside."""
+    local, read, pending = set(), [], list(bodies)
+    while pending:
+        body = pending.pop()
+        local.update(id(t) for t in body.inputs)
+        for inner in body.nodes:
+            local.update(id(t) for t in inner.outputs)
+            read.extend(t for t in inner.inputs if isinstance(t, gs.Variable))
+            pending.extend(v for v in inner.attrs.values() if isinstance(v, gs.Graph))
+    return [t for t in read if id(t) not in local]
 
 
 def _is_float_node(node: gs.Node) -> bool:
