@@ -16,6 +16,23 @@ non-zero. Output is byte-for-byte reproducible for a given set of package versio
 - recipes/models/quickstart.onnx          tiny ResNet classifier, legacy exporter without
                                           constant folding (keeps BatchNormalization and
                                           foldable constant subgraphs)
+
+Control flow and model-local functions, in tests/models/control_flow/ (a folder of their own:
+the suites that run every model above assume plain graphs). Each is checked against PyTorch on
+inputs that take every branch (``Flow.cases``):
+
+- cond_cnn.onnx       conv block whose residual branch depends on the input's mean (torch.cond,
+                      dynamo): x -> logits; an If whose branches read outer-scope tensors
+- nested_cond.onnx    MLP with a torch.cond inside a torch.cond branch (dynamo): x -> y, s;
+                      the inner If's output is the outer If's output ``s``, read by the graph
+- functions.onnx      conv net whose residual Blocks are model-local functions (legacy exporter,
+                      export_modules_as_functions): x -> logits
+- vad_cond.onnx       voice-activity detector in miniature (conv encoder, LSTM decoder from a
+                      carried state) whose decoder runs in a torch.cond branch (dynamo):
+                      audio, state -> prob, new_state; LSTMs whose first output is unused
+- vad_functions.onnx  the same, legacy exporter, its Decoder a model-local function
+- scripted_loop.onnx  torch.jit.script'ed recurrent cell run ``steps.sum()`` times (legacy
+                      exporter): x, steps -> y; a Loop whose body holds an If
 """
 
 from __future__ import annotations
@@ -53,13 +70,13 @@ def realistic_init(model: nn.Module, seed: int) -> nn.Module:
 
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
                 fan_in = m.weight[0].numel()
-                gain = 2.0 if isinstance(m, nn.Conv2d) else 1.0
+                gain = 1.0 if isinstance(m, nn.Linear) else 2.0
                 normal(m.weight, 0.0, math.sqrt(gain / fan_in))
                 if m.bias is not None:
                     normal(m.bias, 0.0, 0.1)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 normal(m.weight, 1.0, 0.2)
                 normal(m.bias, 0.0, 0.1)
                 normal(m.running_mean, 0.0, 0.5)
@@ -69,6 +86,9 @@ def realistic_init(model: nn.Module, seed: int) -> nn.Module:
                 normal(m.bias, 0.0, 0.1)
             elif isinstance(m, nn.Embedding):
                 normal(m.weight, 0.0, 1.0)
+            elif isinstance(m, nn.LSTM):
+                for p in m.parameters():
+                    normal(p, 0.0, 1.0 / math.sqrt(m.hidden_size))
     return model.eval()
 
 
@@ -243,6 +263,324 @@ def summarize(path: Path) -> None:
     print(f"    ops: {dict(sorted(hist.items(), key=lambda kv: (-kv[1], kv[0])))}")
 
 
+OUT_FLOW = OUT_TESTS / "control_flow"
+
+
+class CondCNN(nn.Module):
+    """Conv stem, then one of two residual blocks chosen by the input's mean (torch.cond)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.wide = nn.Conv2d(8, 8, 3, padding=1)
+        self.wide_bn = nn.BatchNorm2d(8)
+        self.gate = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+        realistic_init(self, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.stem(x)))
+
+        def bright(h: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.wide_bn(self.wide(h))) + h
+
+        def dark(h: torch.Tensor) -> torch.Tensor:
+            return torch.sigmoid(self.gate(h)) * h
+
+        h = torch.cond(x.mean() > 0.5, bright, dark, (h,))
+        return self.head(h.mean(dim=(2, 3)))
+
+
+class NestedCond(nn.Module):
+    """MLP with a torch.cond in a torch.cond branch; the inner branch's second output leaves
+    both Ifs and is read by the main graph."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.inp = nn.Linear(16, 32)
+        self.norm = nn.LayerNorm(32)
+        self.up = nn.Linear(32, 32)
+        self.down = nn.Linear(32, 32)
+        self.gate = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 8)
+        realistic_init(self, seed)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.norm(torch.relu(self.inp(x)))
+
+        def inner_up(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.tanh(self.up(h)), h.sum(-1, keepdim=True)
+
+        def inner_down(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.down(h) * 0.5, h.amax(-1, keepdim=True)
+
+        def outer_mix(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            a, s = torch.cond(x[:, 0].mean() > 0, inner_up, inner_down, (h,))
+            return a + h, s
+
+        def outer_gate(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            g = torch.sigmoid(self.gate(h))
+            return g * h, g.mean(-1, keepdim=True)
+
+        y, s = torch.cond(x.mean() > 0, outer_mix, outer_gate, (h,))
+        return self.out(y) + s, s
+
+
+class Block(nn.Module):
+    """A residual conv block (exported as a model-local function); its reshape round trip gives
+    the function Shape/Gather/Concat/Reshape nodes, as real exports have."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        y = y.reshape(y.shape[0], -1).reshape(y.shape)
+        return self.drop(y) + x
+
+
+class FunctionNet(nn.Module):
+    """Conv stem, two Blocks (one function, called twice), pooled head."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = nn.Sequential(Block(8), Block(8))
+        self.head = nn.Linear(16, 4)
+        realistic_init(self, seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.stem(x))
+        return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
+
+
+class RecurrentCell(nn.Module):
+    """Encoder, then ``steps.sum()`` recurrent updates (re-centred every second step)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.enc = nn.Linear(8, 16)
+        self.rec = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 4)
+        realistic_init(self, seed)
+
+    def forward(self, x: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.enc(x))
+        for i in range(int(steps.sum())):
+            h = torch.tanh(self.rec(h)) + h * 0.5
+            if i % 2 == 1:
+                h = h - h.mean(-1, keepdim=True)
+        return self.out(h)
+
+
+class Decoder(nn.Module):
+    """A voice-activity decoder: an LSTM over the encoded frames from a carried state; only its
+    final state is read (the LSTM's first output ``Y`` is unused), stacked into the next state."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(8, 8, batch_first=True)
+        self.out = nn.Conv1d(8, 1, 1)
+
+    def forward(self, f: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, (h, c) = self.rnn(f, (state[0], state[1]))
+        prob = torch.sigmoid(self.out(h.permute(1, 2, 0)))
+        return prob.flatten(1), torch.stack([h, c])
+
+
+class Vad(nn.Module):
+    """Strided conv encoder over raw audio, then the decoder from the carried state. ``cond``: a
+    torch.cond starts from a fresh state when the carried one is all zeros (dynamo exporter)."""
+
+    def __init__(self, seed: int, cond: bool) -> None:
+        super().__init__()
+        self.enc = nn.Conv1d(1, 8, 5, stride=2, padding=2)
+        self.norm = nn.BatchNorm1d(8)
+        self.decoder = Decoder()
+        self.cond = cond
+        realistic_init(self, seed)
+
+    def forward(self, audio: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        f = torch.relu(self.norm(self.enc(audio.unsqueeze(1))))
+        f = f.mean(-1, keepdim=True).transpose(1, 2)
+        if not self.cond:
+            return self.decoder(f, state)
+
+        def warm(f: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.decoder(f, state)
+
+        def cold(f: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            prob, new = self.decoder(f, torch.full_like(state, 0.1))
+            return prob * 0.5, new
+
+        if not torch.compiler.is_exporting():  # eager torch.cond compiles, which LSTMs refuse
+            return warm(f, state) if state.abs().sum() > 0 else cold(f, state)
+        return torch.cond(state.abs().sum() > 0, warm, cold, (f, state))
+
+
+@dataclass
+class Flow:
+    """A control-flow model: how it is exported, and inputs that take each of its paths."""
+
+    model: nn.Module
+    example: dict[str, torch.Tensor]
+    outputs: list[str]
+    axes: dict[str, dict[int, str]]
+    cases: dict[str, dict[str, torch.Tensor]]  # path name -> inputs that take it
+    functions: set[type[nn.Module]] | None = None  # legacy exporter's export_modules_as_functions
+
+
+def shifted(shape: tuple[int, ...], seed: int, shift: float, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * scale + shift
+
+
+def nested_input(seed: int, outer: bool, inner: bool) -> torch.Tensor:
+    x = shifted((3, 16), seed, 0.5 if outer else -0.5, 0.3)
+    x[:, 0] = abs(x[:, 0]) * (1 if inner else -1)  # column 0's sign picks the inner branch
+    return x
+
+
+def export_flow(flow: Flow, path: Path, dynamo: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    args = tuple(flow.example.values())
+    names = dict(input_names=list(flow.example), output_names=flow.outputs, opset_version=OPSET)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims = {
+                name: {i: torch.export.Dim(a, min=1, max=64) for i, a in axes.items()}
+                for name, axes in flow.axes.items()
+                if name in flow.example
+            }
+            torch.onnx.export(
+                flow.model,
+                args,
+                str(path),
+                dynamo=True,
+                dynamic_shapes=dims,
+                external_data=False,
+                verbose=False,
+                **names,
+            )
+        else:
+            torch.onnx.export(
+                flow.model,
+                args,
+                str(path),
+                dynamo=False,
+                dynamic_axes=flow.axes,
+                export_modules_as_functions=flow.functions or False,
+                **names,
+            )
+    proto = onnx.load(str(path))
+    for graph in _graphs(proto.graph):  # stack traces embed absolute paths (If branches too)
+        for node in graph.node:
+            keep = [p for p in node.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+            del node.metadata_props[:]
+            node.metadata_props.extend(keep)
+    onnx.save(proto, str(path))
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    found = [graph]
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += _graphs(attribute.g)
+    return found
+
+
+def verify_flow(flow: Flow, path: Path) -> list[str]:
+    """ORT matches torch on every path's inputs, and the paths give different outputs."""
+    results: list[tuple[bool, str]] = []
+    firsts = []
+    for case, inputs in flow.cases.items():
+        ref, got = run_both(flow.model, path, inputs)
+        firsts.append(got[0])
+        for name, r, o in zip(flow.outputs, ref, got, strict=True):
+            err = float(np.abs(r - o).max()) if r.shape == o.shape else float("inf")
+            results.append(
+                (err <= ATOL, f"{case}: {name} {list(o.shape)}: max|ort-torch|={err:.1e}")
+            )
+    distinct = len({a.tobytes() for a in firsts})
+    results.append(
+        (distinct == len(firsts), f"{distinct} distinct outputs over {len(firsts)} paths")
+    )
+    for ok, msg in results:
+        print(f"    [{'ok' if ok else 'FAIL'}] {msg}")
+    return [f"{path.name}: {msg}" for ok, msg in results if not ok]
+
+
+def flow_jobs() -> list[tuple[Flow, Path, bool]]:
+    img = {"x": {0: "batch"}, "logits": {0: "batch"}}
+    cond_cnn = Flow(
+        CondCNN(seed=11),
+        {"x": shifted((2, 3, 8, 8), 0, 0.5, 0.3)},
+        ["logits"],
+        img,
+        {
+            "bright": {"x": shifted((2, 3, 8, 8), 1, 0.9, 0.2)},
+            "dark": {"x": shifted((2, 3, 8, 8), 2, 0.1, 0.2)},
+        },
+    )
+    nested = Flow(
+        NestedCond(seed=12),
+        {"x": nested_input(0, True, True)},
+        ["y", "s"],
+        {"x": {0: "batch"}, "y": {0: "batch"}, "s": {0: "batch"}},
+        {
+            "mix-up": {"x": nested_input(1, True, True)},
+            "mix-down": {"x": nested_input(2, True, False)},
+            "gate": {"x": nested_input(3, False, True)},
+        },
+    )
+    functions = Flow(
+        FunctionNet(seed=13),
+        {"x": shifted((2, 3, 8, 8), 0, 0.5, 0.3)},
+        ["logits"],
+        img,
+        {
+            "batch-1": {"x": shifted((1, 3, 8, 8), 4, 0.5)},
+            "batch-3": {"x": shifted((3, 3, 8, 8), 5, 0.5)},
+        },
+        functions={Block},
+    )
+    x = shifted((2, 8), 6, 0.0)
+    loop = Flow(
+        torch.jit.script(RecurrentCell(seed=14).eval()),
+        {"x": x, "steps": torch.tensor([3])},
+        ["y"],
+        {"x": {0: "batch"}, "y": {0: "batch"}},
+        {f"steps-{n}": {"x": x, "steps": torch.tensor([n])} for n in (0, 1, 2, 5)},
+    )
+    audio = shifted((2, 64), 7, 0.0)
+    vad_io = dict(
+        outputs=["prob", "new_state"],
+        axes={"audio": {0: "batch"}, "state": {2: "batch"}, "prob": {0: "batch"}},
+        cases={
+            "fresh": {"audio": audio, "state": torch.zeros(2, 1, 2, 8)},
+            "carried": {"audio": audio, "state": shifted((2, 1, 2, 8), 8, 0.0, 0.5)},
+        },
+    )
+    example = {"audio": audio, "state": shifted((2, 1, 2, 8), 9, 0.0, 0.5)}
+    vad_cond = Flow(Vad(seed=15, cond=True), example, **vad_io)
+    vad_functions = Flow(Vad(seed=16, cond=False), example, **vad_io, functions={Decoder})
+    return [
+        (vad_cond, OUT_FLOW / "vad_cond.onnx", True),
+        (vad_functions, OUT_FLOW / "vad_functions.onnx", False),
+        (cond_cnn, OUT_FLOW / "cond_cnn.onnx", True),
+        (nested, OUT_FLOW / "nested_cond.onnx", True),
+        (functions, OUT_FLOW / "functions.onnx", False),
+        (loop, OUT_FLOW / "scripted_loop.onnx", False),
+    ]
+
+
 def main() -> int:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed"
     torch.manual_seed(SEED)
@@ -270,6 +608,10 @@ def main() -> int:
         export(spec, path, dynamo, fold)
         summarize(path)
         failures += verify(spec, path)
+    for flow, path, dynamo in flow_jobs():
+        export_flow(flow, path, dynamo)
+        summarize(path)
+        failures += verify_flow(flow, path)
     if failures:
         print(f"{len(failures)} check(s) FAILED:", *failures, sep="\n  ", file=sys.stderr)
         return 1
