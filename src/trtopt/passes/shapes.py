@@ -14,9 +14,11 @@ class InferShapes(Pass):
     """Infer tensor shapes and dtypes (ONNX Runtime's symbolic inference, else ONNX's)."""
 
     class Options(PassOptions):
-        symbolic: bool = True
-        """Use ONNX Runtime's symbolic shape inference, which names derived dynamic dims;
-        falls back to onnx.shape_inference where it fails."""
+        symbolic: bool = False
+        """Use ONNX Runtime's symbolic shape inference, which names derived dynamic dims
+        (``batch*seq``) where ONNX's own names them ``unk__N``. Off by default: it writes wrong
+        shapes on some graphs (the rotary embeddings of ONNX's node tests), which the stage
+        check then rolls back."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         # Inference sees the weights as typed inputs (graph_shapes), never their bytes, so a

@@ -1,0 +1,137 @@
+"""ONNX's own backend node tests through trtopt's passes: the harness tests/test_conformance.py
+and benchmarks share. Each case's model runs on ONNX Runtime on the case's own inputs before
+and after the passes; a case ONNX Runtime cannot run is not counted."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    case: str
+    chain: str
+    verdict: str  # ok | crash | broken | unchanged
+    detail: str = ""
+
+
+def cases() -> list[Any]:
+    """Every node test case the onnx package ships (each: name, model, data_sets)."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the generators' own overflow warnings
+        return list(collect_testcases())
+
+
+def run(model: onnx.ModelProto, inputs: Sequence[Any]) -> list[Any]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    names = [i.name for i in model.graph.input]
+    feeds = {name: value for name, value in zip(names, inputs)}
+    wanted = {i.name for i in session.get_inputs()}
+    return session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+
+
+def same(expected: Any, got: Any) -> bool:
+    """Equal values: floats within TOLERANCE (NaN where NaN), everything else exactly;
+    sequences element by element, optionals both absent or equal."""
+    if isinstance(expected, list) or isinstance(got, list):
+        return (
+            isinstance(expected, list)
+            and isinstance(got, list)
+            and len(expected) == len(got)
+            and all(same(a, b) for a, b in zip(expected, got))
+        )
+    if expected is None or got is None:
+        return expected is None and got is None
+    expected, got = np.asarray(expected), np.asarray(got)
+    if expected.shape != got.shape or expected.dtype != got.dtype:
+        return False
+    if expected.dtype.kind in "fc":
+        return bool(np.allclose(got, expected, equal_nan=True, **TOLERANCE))
+    return bool(np.array_equal(got, expected))
+
+
+def reference(case: Any) -> list[Any] | None:
+    """The original model's outputs on the case's inputs; None when ONNX Runtime cannot."""
+    try:
+        return run(case.model, case.data_sets[0][0] if case.data_sets else [])
+    except Exception:
+        return None
+
+
+def through(case: Any, expected: list[Any], chain: str, passes: list[Any]) -> Outcome:
+    """One case through one chain of passes, run raw (``verify=False``): the passes' own
+    correctness, with nothing rolled back."""
+    import trtopt
+
+    inputs = case.data_sets[0][0] if case.data_sets else []
+    try:
+        optimized = trtopt.optimize(case.model, passes=passes, verify=False)
+    except Exception as error:
+        return Outcome(case.name, chain, "crash", f"{type(error).__name__}: {error}"[:300])
+    if optimized.graph == case.model.graph:
+        return Outcome(case.name, chain, "unchanged")
+    try:
+        got = run(optimized, inputs)
+    except Exception as error:
+        return Outcome(case.name, chain, "broken", " ".join(str(error).split())[:300])
+    if len(got) != len(expected) or not all(same(a, b) for a, b in zip(expected, got)):
+        return Outcome(case.name, chain, "broken", "computes other outputs")
+    return Outcome(case.name, chain, "ok")
+
+
+def chains() -> dict[str, list[Any]]:
+    """The default chain, fuse with opsets raised, and every built-in pass alone (precision
+    and quantize change numbers on purpose: the accuracy tests judge them; lint changes
+    nothing and fails on what TensorRT cannot run, by design)."""
+    import trtopt
+
+    found: dict[str, list[Any]] = {
+        "default": None,
+        "fuse-opset-20": [{"fuse": {"upgrade_opset": True}}],
+    }
+    for name, cls in trtopt.available_passes().items():
+        if cls.__module__.startswith("trtopt.passes") and cls.exact and name != "lint":
+            found[name] = [name]
+    return found
+
+
+def cannot_apply(chain: str, model: onnx.ModelProto) -> bool:
+    """A fusion alone whose pattern's root op is nowhere in the main graph cannot change it
+    (it only matches there): it is counted unchanged without being run."""
+    import trtopt
+    from trtopt.passes.fusion.base import Fusion
+    from trtopt.passes.fusion.pattern import root_ops
+
+    cls = trtopt.available_passes().get(chain)
+    if cls is None or not issubclass(cls, Fusion):
+        return False
+    return not set(root_ops(cls.pattern)) & {n.op_type for n in model.graph.node}
+
+
+def check_case(case: Any) -> list[Outcome]:
+    """A case through every chain, in one worker."""
+    logging.disable(logging.CRITICAL)
+    expected = reference(case)
+    if expected is None:
+        return []
+    return [
+        Outcome(case.name, chain, "unchanged")
+        if cannot_apply(chain, case.model)
+        else through(case, expected, chain, passes)
+        for chain, passes in chains().items()
+    ]
