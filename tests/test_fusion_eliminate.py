@@ -220,7 +220,10 @@ def test_shape_chains_on_exported_bert() -> None:
     model = onnx.load(str(MODELS / "bert_legacy.onnx"))
     folded = trtopt.optimize(model, ["cleanup", "fold-constants"])
     simplified = trtopt.optimize(folded, ["simplify-shapes"])
-    assert ops(simplified).count("Shape") < ops(folded).count("Shape")
+    # The Shape nodes that read the embeddings stay: their sequence dim is the broadcast of
+    # `sequence` with min(64, sequence), equal only for inputs that fit the position table,
+    # which sound shape inference cannot assume.
+    assert ops(simplified).count("Shape") <= ops(folded).count("Shape")
     assert ops(simplified).count("Concat") < ops(folded).count("Concat")
     data = model_feeds(model, samples=1)
     for a, b in zip(ort_run(model, data)[0], ort_run(simplified, data)[0], strict=True):

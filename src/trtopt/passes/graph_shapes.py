@@ -27,10 +27,13 @@ def _infer(model: onnx.ModelProto, symbolic: bool = True) -> onnx.ModelProto | N
             # stays unknown ("sym_shape_infer_temp.onnx" and a data file): its loop, without that.
             inference = SymbolicShapeInference(2**31 - 1, False, False, 0)
             inference._preprocess(model)
+            complete = False
             while inference.run_:
-                inference._infer_impl()
-            inference._update_output_from_vi()
-            return inference.out_mp_
+                complete = inference._infer_impl()
+            if complete:
+                inference._update_output_from_vi()
+                return inference.out_mp_
+            log.debug("symbolic shape inference incomplete; using onnx.shape_inference")
         except Exception as error:
             log.debug("symbolic shape inference failed (%s); using onnx.shape_inference", error)
     try:
