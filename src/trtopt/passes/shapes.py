@@ -27,6 +27,7 @@ class InferShapes(Pass):
         # never a reason to fail a compile.
         shapes, dtypes = computed_shapes(graph, self.options.symbolic)
         inputs = {id(t) for t in graph.inputs}
+        outputs = {id(t) for t in graph.outputs}
         unknown = []
         for tensor in graph.tensors().values():
             if not isinstance(tensor, gs.Variable) or id(tensor) in inputs:
@@ -34,8 +35,11 @@ class InferShapes(Pass):
             if tensor.type != "tensor_type":
                 continue  # sequences and optionals keep their declared types
             tensor.dtype = tensor.dtype or dtypes.get(tensor.name)
-            if shapes.get(tensor.name) is not None:
-                tensor.shape = shapes[tensor.name]
+            computed = shapes.get(tensor.name)
+            if computed is not None and id(tensor) in outputs:
+                tensor.shape = refined(tensor.shape, computed)
+            elif computed is not None:
+                tensor.shape = computed
             elif tensor.shape is None:
                 unknown.append(tensor.name)
         ctx.details["unknown_shapes"] = len(unknown)
@@ -48,3 +52,14 @@ class InferShapes(Pass):
                 unknown[0],
             )
         return graph
+
+
+def refined(declared: list | None, computed: list) -> list:
+    """A graph output's declared shape, with the dims inference proved static filled in: the
+    names a model gives its dynamic dims are its interface, never renamed ``unk__N``."""
+    if declared is None or len(declared) != len(computed):
+        return declared if declared is not None else computed
+    return [
+        c if isinstance(c, int) and not isinstance(d, int) else d
+        for d, c in zip(declared, computed)
+    ]
