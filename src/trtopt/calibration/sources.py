@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import importlib.util
+import io
+import os
+import select
+import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +40,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import DataError
 from ..feeds import Feed, InputInfo, synthetic_feeds, validate_feeds
+from . import script_child
 
+DEFAULT_SCRIPT_TIMEOUT_S = 600.0
+"""How long a data script may take to import and yield one feed before it is stopped."""
 DEFAULT_SYNTHETIC_SAMPLES = 16
 """Feeds a synthetic source yields when no ``limit`` is set."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
@@ -91,6 +98,9 @@ class DataSource(_Strict):
     """A Python file whose ``load_data()`` yields feed dicts (Polygraphy's convention)."""
     function: str = "load_data"
     """The function ``script`` calls."""
+    timeout_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = DEFAULT_SCRIPT_TIMEOUT_S
+    """Seconds a ``script`` (run in a child process) may take to import and yield one feed;
+    past it the script is stopped and the compile fails naming it (exit 2)."""
     synthetic: SyntheticSource | None = None
     batch: Annotated[int, Field(ge=1)] = 1
     """Rows per feed for npy and images sources."""
@@ -202,7 +212,8 @@ class DataSet:
         """sha256 of the data's content and the settings that shape it (cached)."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            digest.update(self.source.model_dump_json().encode())
+            # timeout_s shapes no data (and was not there when older keys were made).
+            digest.update(self.source.model_dump_json(exclude={"timeout_s"}).encode())
             digest.update(repr((self.limit, sorted(self.dims.items()))).encode())
             kind = self.source.kind
             if kind in ("npz", "npy", "images"):
@@ -247,7 +258,9 @@ class DataSet:
         elif kind == "images":
             yield from _image_feeds(self.source, self.inputs)
         elif kind == "script":
-            yield from _script_feeds(Path(self.source.script or ""), self.source.function)
+            yield from _script_feeds(
+                Path(self.source.script or ""), self.source.function, self.source.timeout_s
+            )
         else:
             seed = self.source.synthetic.seed if self.source.synthetic else 0
             count = self.limit or DEFAULT_SYNTHETIC_SAMPLES
@@ -409,62 +422,121 @@ def _image_feeds(source: DataSource, inputs: Sequence[InputInfo]) -> Iterator[Fe
         yield {name: np.stack(batch)}
 
 
-def _script_feeds(path: Path, function: str) -> Iterator[Feed]:
-    """Feeds from a user's data script. Its code may raise anything, SystemExit included: all
-    but Ctrl-C is a DataError naming the script, so that it cannot end trtopt with a success
-    code of its own."""
+def _script_feeds(path: Path, function: str, timeout_s: float) -> Iterator[Feed]:
+    """Feeds from a user's data script, run in a child process (``script_child``) that sends
+    one feed per request. Whatever the script does (raise, ``sys.exit``, ``os._exit``, crash,
+    hang past ``timeout_s`` for one feed) is a DataError naming it: it cannot end or stall
+    trtopt, nor fake a success code. Ctrl-C reaches both processes and stays Ctrl-C."""
     if not path.is_file():
         raise DataError("data loader script not found", str(path))
-    module_name = f"trtopt_data_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise DataError("cannot import the data loader script", str(path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD_MAIN, str(_CHILD), str(path), function],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
     try:
-        spec.loader.exec_module(module)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:
-        sys.modules.pop(module_name, None)
-        raise DataError(
-            f"the data loader script failed: {type(error).__name__}: {error}", str(path)
-        ) from None
-    loader = getattr(module, function, None)
-    if not callable(loader):
-        raise DataError(f"the script defines no function {function}()", str(path))
-    try:
-        feeds = iter(loader())
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:
-        raise DataError(
-            f"{function}() failed: {type(error).__name__}: {error}", str(path)
-        ) from None
-    index = 0
-    while True:
-        try:  # only the script's own code: a GeneratorExit at our yield must pass through
-            feed = next(feeds)
-        except StopIteration:
-            return
-        except KeyboardInterrupt:
-            raise
-        except BaseException as error:
+        index = 0
+        while True:
+            try:  # ask for the next feed; a child that is gone is reported by the read
+                assert child.stdin is not None
+                child.stdin.write(b"n")
+            except OSError:
+                pass
+            kind, payload = _read_frame(child, path, function, index, timeout_s)
+            if kind == script_child.DONE:
+                return
+            if kind == script_child.ERROR:
+                raise DataError(payload.decode(errors="replace"), str(path))
+            try:
+                with np.load(io.BytesIO(payload), allow_pickle=False) as archive:
+                    arrays = {name: archive[name] for name in archive.files}
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+                raise DataError(
+                    f"{function}() yielded values that are not arrays (item {index}): {error}",
+                    str(path),
+                ) from None
+            yield arrays
+            index += 1
+    finally:
+        _stop(child)
+
+
+_CHILD = Path(script_child.__file__)
+_CHILD_MAIN = (
+    "import importlib.util as u, sys\n"
+    "s = u.spec_from_file_location('trtopt_script_child', sys.argv[1])\n"
+    "m = u.module_from_spec(s)\n"
+    "s.loader.exec_module(m)\n"
+    "del sys.argv[1]\n"
+    "m.main()\n"
+)
+"""Runs script_child.py by path, so the child imports NumPy but not trtopt (1 s less)."""
+
+
+def _read_frame(
+    child: subprocess.Popen[bytes], path: Path, function: str, index: int, timeout_s: float
+) -> tuple[bytes, bytes]:
+    """One frame from the child, or a DataError saying how it ended or that it timed out."""
+    deadline = time.monotonic() + timeout_s
+
+    def read(count: int) -> bytes:
+        return _read_exactly(child, count, deadline, path, function, index, timeout_s)
+
+    kind, length = script_child.HEADER.unpack(read(script_child.HEADER.size))
+    return kind, read(length)
+
+
+def _read_exactly(
+    child: subprocess.Popen[bytes],
+    count: int,
+    deadline: float,
+    path: Path,
+    function: str,
+    index: int,
+    timeout_s: float,
+) -> bytes:
+    assert child.stdout is not None
+    fd = child.stdout.fileno()
+    chunks, left = [], count
+    while left:
+        remaining = deadline - time.monotonic()
+        ready = remaining > 0 and select.select([fd], [], [], remaining)[0]
+        if not ready:
+            child.kill()
             raise DataError(
-                f"{function}() failed: {type(error).__name__}: {error}", str(path)
-            ) from None
-        if not isinstance(feed, Mapping):
-            raise DataError(
-                f"{function}() yielded a {type(feed).__name__}, not a dict of arrays "
-                f"(item {index})",
+                f"{function}() gave no feed (item {index}) within timeout_s={timeout_s:g} s; "
+                "the script was stopped (raise the data source's timeout_s if it needs longer)",
                 str(path),
             )
-        try:
-            arrays = {str(k): np.asarray(v) for k, v in feed.items()}
-        except Exception as error:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            code = child.wait()
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             raise DataError(
-                f"{function}() yielded values that are not arrays (item {index}): {error}",
+                f"the data loader script {how} before {function}() finished (item {index})",
                 str(path),
-            ) from None
-        yield arrays
-        index += 1
+            )
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _stop(child: subprocess.Popen[bytes]) -> None:
+    """End the child: it exits by itself once its request pipe closes; else it is killed."""
+    for stream in (child.stdin, child.stdout):
+        try:
+            if stream is not None:
+                stream.close()
+        except OSError:
+            pass
+    try:
+        child.wait(timeout=_STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+_STOP_GRACE_S = 5.0
+"""How long a child that has answered may take to exit once its pipe closes."""
