@@ -29,6 +29,7 @@ from .model import load_model, save_model
 from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
 from .pipeline import CompileResult, compile, optimize, optimize_file
 from .recipe import Recipe, json_schema, load_recipe
+from .stages import Rollback, RolledBack
 
 __all__ = [
     "GOLDEN_SIZE_BUDGET",
@@ -51,6 +52,8 @@ __all__ = [
     "PruneResult",
     "Recipe",
     "RecipeError",
+    "Rollback",
+    "RolledBack",
     "TrtoptError",
     "UserError",
     "__version__",
