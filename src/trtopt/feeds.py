@@ -67,11 +67,15 @@ def synthetic_feeds(
     seed: int,
     dims: Mapping[str, int],
     ranges: Mapping[str, tuple[float, float]],
+    shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> list[Feed]:
-    """Random feeds from Polygraphy's DataLoader; ``ranges`` are inclusive per input."""
+    """Random feeds from Polygraphy's DataLoader; ``ranges`` are inclusive per input.
+    ``shapes`` gives some inputs whole shapes (an optimization profile's); the others take
+    their declared dims, symbolic ones from ``dims``."""
     metadata = TensorMetadata()
     for info in inputs:
-        metadata.add(info.name, dtype=info.dtype, shape=concrete_shape(info, dims))
+        shape = tuple((shapes or {}).get(info.name) or concrete_shape(info, dims))
+        metadata.add(info.name, dtype=info.dtype, shape=shape)
     loader = DataLoader(
         seed=seed, iterations=samples, input_metadata=metadata, val_range=dict(ranges) or None
     )

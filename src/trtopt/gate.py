@@ -131,6 +131,48 @@ class CheckResult:
         }
 
 
+PROFILE_SAMPLES = 2
+"""Synthetic samples run at each optimization profile's min, opt and max shapes."""
+
+
+@dataclass
+class ShapeCheck:
+    """The accuracy of the artifact at one profile shape set (``profile 0 max``)."""
+
+    label: str
+    shapes: dict[str, list[int]]
+    accuracy: accuracy.AccuracyResult
+
+    def failures(self) -> list[str]:
+        return [f"{self.label} {self.shapes}: {line}" for line in self.accuracy.failures()]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profile": self.label, "shapes": self.shapes, **self.accuracy.to_json()}
+
+
+def check_shapes(
+    shape_sets: Sequence[tuple[str, Mapping[str, Sequence[int]]]],
+    inputs: Sequence[feeds.InputInfo],
+    reference: BaseRunner,
+    candidate: BaseRunner,
+    settings: GateSettings,
+    seed: int,
+    dims: Mapping[str, int],
+    ranges: Mapping[str, tuple[float, float]],
+    samples: int = PROFILE_SAMPLES,
+) -> list[ShapeCheck]:
+    """Run ``reference`` and ``candidate`` on synthetic feeds at each shape set (an engine's
+    profiles' min, opt and max) and judge them by ``settings``: an engine is checked at every
+    shape it accepts, not only at the check's."""
+    checks = []
+    for label, shapes in shape_sets:
+        data = feeds.synthetic_feeds(inputs, samples, seed, dims, ranges, shapes)
+        result = settings.compare(accuracy.run(reference, data), accuracy.run(candidate, data))
+        given = {name: [int(n) for n in shape] for name, shape in shapes.items()}
+        checks.append(ShapeCheck(label, given, result))
+    return checks
+
+
 def verify_golden(
     golden: Golden,
     model: onnx.ModelProto,
@@ -376,9 +418,11 @@ def _num(value: Any) -> str:
 __all__: Sequence[str] = [
     "CheckResult",
     "GateSettings",
+    "ShapeCheck",
     "baseline_metrics",
     "check",
     "check_compiled",
+    "check_shapes",
     "format_check",
     "golden_for_recipe",
     "run_golden",

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import format_value
+from .report import format_limit, format_metric, format_value
 
 SCATTER_POINTS = 4000
 """Most points a scatter plot draws (an even stride through the values): enough to see the
@@ -209,7 +209,7 @@ def _accuracy_table(acc: Mapping[str, Any]) -> str:
             if check is None:
                 limit, verdict = "-", '<td class="dim">not gated</td>'
             else:
-                limit = _num(check["limit"])
+                limit = _e(format_limit(check["limit"]))
                 if check.get("baseline") is not None:
                     limit += f" (baseline {_num(check['baseline'])})"
                 verdict = (
@@ -219,7 +219,7 @@ def _accuracy_table(acc: Mapping[str, Any]) -> str:
                 [
                     f"<td>{_e(name)}</td>",
                     f"<td>{_e(metric)}</td>",
-                    f'<td class="num">{_num(value)}</td>',
+                    f'<td class="num">{_e(format_metric(value, check and check["limit"], 6))}</td>',
                     f'<td class="num">{limit}</td>',
                     verdict,
                 ]
@@ -288,6 +288,12 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     if golden:
         parts.append(f"<h3>Golden check ({_e(golden['golden'])})</h3>")
         parts.append(_accuracy_table(golden["accuracy"]))
+    for shape_check in [] if is_check else acc.get("profiles") or []:
+        shapes = ", ".join(f"{k} {v}" for k, v in shape_check["shapes"].items())
+        parts.append(
+            f"<h3>At {_e(shape_check['profile'])} ({_e(shapes)}): {_e(shape_check['verdict'])}</h3>"
+        )
+        parts.append(_accuracy_table(shape_check))
     if pairs:
         parts.append("<h3>Per output</h3>")
         if plots:

@@ -649,6 +649,24 @@ def _compile(
             if recipe.check.baseline:
                 baseline = gate.baseline_metrics(recipe.check.baseline, golden=False)
             result = _compare(reference.outputs, candidate_outputs, recipe, baseline)
+            # An engine runs at every shape its profiles accept: check their min/opt/max too.
+            profiles = getattr(backend, "profiles", None)
+            shape_sets = profiles.shape_sets() if profiles is not None else []
+            shape_checks: list[gate.ShapeCheck] = []
+            if shape_sets:
+                say(f"check accuracy at {len(shape_sets)} profile shapes")
+                shape_checks = gate.check_shapes(
+                    shape_sets,
+                    feeds.model_inputs(source),
+                    reference.runner,
+                    candidate,
+                    gate.GateSettings.from_recipe(recipe),
+                    recipe.check.seed,
+                    recipe.check.dims,
+                    recipe.input_ranges(),
+                )
+            if profiles is not None and not unavailable:
+                ctx.warnings.extend(profiles.notes)  # the engine takes the check's shape only
             golden_check = None
             if golden is not None:
                 say("check golden outputs")
@@ -675,7 +693,8 @@ def _compile(
                 latency_report["runs"] = runs
                 latency_report["interleaved"] = together
 
-        passed = result.passed and (golden_check is None or golden_check.passed)
+        shapes_passed = all(c.accuracy.passed for c in shape_checks)
+        passed = result.passed and shapes_passed and (golden_check is None or golden_check.passed)
         rollbacks = [
             f"pass '{r['name']}' rolled back: {r['rolled_back']}"
             for r in records
@@ -725,8 +744,13 @@ def _compile(
             },
             "accuracy": {
                 **result.to_json(),
+                **({} if shapes_passed else {"verdict": "fail"}),
                 "data": data_source,
-                "failures": result.failures(),
+                "failures": [
+                    *result.failures(),
+                    *(line for c in shape_checks for line in c.failures()),
+                ],
+                "profiles": [c.to_json() for c in shape_checks],
                 "checked": "artifact" if not_run is None else "final ONNX graph on ONNX Runtime",
                 "artifact_not_run": None
                 if not_run is None

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
+import math
 import platform
 from pathlib import Path
 from typing import Any
 
+from . import jsontext
+
 SCHEMA_VERSION = 1
+"""report.json's format version. The file is strict JSON (jsontext): a metric that is not a
+finite number is the string "NaN", "Infinity" or "-Infinity"; null means not computed."""
 TRACKED_PACKAGES = (
     "trtopt",
     "onnx",
@@ -32,7 +36,7 @@ def versions() -> dict[str, str | None]:
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out_dir / "report.json").write_text(jsontext.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
 
 
@@ -43,6 +47,27 @@ def format_value(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def format_limit(limit: Any) -> str:
+    """A metric's limit as the recipe wrote it (0.99999, not 1)."""
+    return f"{limit:.10g}" if isinstance(limit, float) else format_value(limit)
+
+
+def format_metric(value: Any, limit: Any = None, digits: int = 4) -> str:
+    """A metric for people, to one decimal past its limit's precision where 4 significant
+    digits would hide the difference (a cosine of 0.9999987 against 0.99999 shows 0.999999,
+    not 1)."""
+    text = format_value(value, digits)
+    if not isinstance(value, float) or not isinstance(limit, int | float):
+        return text
+    limit_text = format_limit(float(limit))
+    if not math.isfinite(value) or "e" in text or "e" in limit_text:
+        return text
+    decimals = len(limit_text.partition(".")[2]) + 1
+    if decimals <= len(text.partition(".")[2]):
+        return text
+    return f"{value:.{decimals}f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -73,24 +98,15 @@ def markdown(report: dict[str, Any]) -> str:
         )
     if report.get("first_diverging_pass"):
         lines += ["", f"First pass whose outputs diverge: **{report['first_diverging_pass']}**"]
-    lines += [
-        "",
-        "## Accuracy",
-        "",
-        "| output | metric | value | limit | verdict |",
-        "|---|---|---:|---:|---|",
-    ]
-    for name, output in accuracy["outputs"].items():
-        if output["error"]:
-            lines.append(f"| {name} | - | - | - | FAIL: {output['error']} |")
-        gated = {c["metric"]: c for c in output["checks"]}
-        for metric, value in output["metrics"].items():
-            if value is None:
-                continue
-            check = gated.get(metric)
-            verdict = ("pass" if check["passed"] else "**FAIL**") if check else "not gated"
-            limit = format_value(check["limit"]) if check else "-"
-            lines.append(f"| {name} | {metric} | {format_value(value)} | {limit} | {verdict} |")
+    lines += ["", "## Accuracy", "", *_accuracy_table(accuracy)]
+    for shape_check in accuracy.get("profiles") or []:
+        shapes = ", ".join(f"{name} {shape}" for name, shape in shape_check["shapes"].items())
+        lines += [
+            "",
+            f"### At {shape_check['profile']} ({shapes}): {shape_check['verdict']}",
+            "",
+            *_accuracy_table(shape_check),
+        ]
     latency = report.get("latency")
     if latency:
         lines += [
@@ -105,7 +121,28 @@ def markdown(report: dict[str, Any]) -> str:
                 for who, t in ((w, latency[w]) for w in ("reference", "artifact"))
             ),
         ]
+    warnings = report.get("warnings") or []
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {line}" for line in warnings)]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy_table(accuracy: dict[str, Any]) -> list[str]:
+    """Markdown rows of an accuracy record's metrics, limits and verdicts."""
+    lines = ["| output | metric | value | limit | verdict |", "|---|---|---:|---:|---|"]
+    for name, output in accuracy["outputs"].items():
+        if output["error"]:
+            lines.append(f"| {name} | - | - | - | FAIL: {output['error']} |")
+        gated = {c["metric"]: c for c in output["checks"]}
+        for metric, value in output["metrics"].items():
+            if value is None:
+                continue
+            check = gated.get(metric)
+            verdict = ("pass" if check["passed"] else "**FAIL**") if check else "not gated"
+            limit = format_limit(check["limit"]) if check else "-"
+            shown = format_metric(value, check["limit"] if check else None)
+            lines.append(f"| {name} | {metric} | {shown} | {limit} | {verdict} |")
+    return lines
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -126,11 +163,18 @@ def summary(report: dict[str, Any]) -> str:
             f"  golden   {golden['verdict']} ({golden['accuracy']['samples']} samples of "
             f"{golden['golden']})"
         )
+    shape_checks = report["accuracy"].get("profiles") or []
+    if shape_checks:
+        failed_shapes = [c["profile"] for c in shape_checks if c["verdict"] != "pass"]
+        lines.append(
+            f"  profiles accuracy at {len(shape_checks)} profile shapes: "
+            + (f"fail at {', '.join(failed_shapes)}" if failed_shapes else "pass")
+        )
     lines += [f"    FAIL {line}" for line in report["accuracy"]["failures"]]
     failed = set(report["accuracy"]["failures"])
     lines += [
         f"    WARN {line}"
-        for line in report.get("rolled_back") or []
+        for line in report.get("warnings") or report.get("rolled_back") or []
         if f"{line} (strict)" not in failed
     ]
     latency = report.get("latency")

@@ -25,6 +25,24 @@ class Profiles:
 
     profiles: list[dict[str, ShapeRange]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    """Dynamic inputs the recipe gives no profile: the engine takes only the check's shape."""
+
+    def shape_sets(self) -> list[tuple[str, dict[str, Shape]]]:
+        """The shapes each profile the recipe gave runs at: ``("profile I min|opt|max",
+        {input: shape})``, each distinct set once (a set equal to an earlier one is left out).
+        Inputs fixed at the check's shape keep it; static inputs are not listed."""
+        sets: list[tuple[str, dict[str, Shape]]] = []
+        seen: list[dict[str, Shape]] = []
+        for index, profile in enumerate(self.profiles):
+            if all(name in self.fixed for name in profile):
+                continue
+            for position, which in enumerate(("min", "opt", "max")):
+                shapes = {name: ranges[position] for name, ranges in profile.items()}
+                if shapes not in seen:
+                    seen.append(shapes)
+                    sets.append((f"profile {index} {which}", shapes))
+        return sets
 
     def to_json(self) -> list[dict[str, dict[str, list[int]]]]:
         return [
@@ -79,6 +97,7 @@ def derive_profiles(
     for info in inputs:
         if is_dynamic(info) and not given.get(info.name):
             shape = list(concrete_shape(info, dims))
+            result.fixed.append(info.name)
             result.notes.append(
                 f"input '{info.name}' is dynamic and has no profile: the engine is fixed at "
                 f"{shape}, the shape the check feeds (give inputs.{info.name}.profile)"
