@@ -69,9 +69,12 @@ def prune(graph: gs.Graph, remove_unused_graph_inputs: bool = False) -> gs.Graph
 
 
 def sort(graph: gs.Graph) -> gs.Graph:
-    """Topologically sort every scope."""
+    """Topologically sort every scope's nodes. The list of functions keeps its order:
+    graphsurgeon's (0.6) sort of it recurses without end (RecursionError) when the main graph
+    holds a subgraph (its ``get_used_funcs`` walks the main graph's subgraphs again at every
+    level), and ONNX does not order local functions."""
     with quiet():
-        graph.toposort()
+        graph.toposort(mode="nodes")
     return graph
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import onnx
 import onnx_graphsurgeon as gs
 
 
@@ -35,13 +36,22 @@ def raise_opset(graph: gs.Graph, target: int) -> str | None:
     if current < 13:
         return f"the model's opset {current} is below 13"
     changed = set().union(*(ops for v, ops in _CHANGES_AT.items() if current < v <= target))
-    for node in _all_nodes(graph):
+    bodies = [graph, *(graph.functions or [])]
+    for node in (node for body in bodies for node in _all_nodes(body)):
         if node.domain in (None, "", "ai.onnx") and node.op in changed:
             return f"'{node.name}' ({node.op}) changes meaning between opset {current} and {target}"
-    graph.opset = target
-    for entry in graph.import_domains or []:
-        if entry.domain in ("", "ai.onnx"):
-            entry.version = target
+    # Local functions import the model's default opset too (ONNX Runtime refuses a function
+    # whose import differs from the model's: "FunctionOp imports version 18 whereas model
+    # imports version 20"). New entries: the imported ones are the caller's model's own.
+    for body in bodies:
+        body.opset = target
+        if body.import_domains is not None:
+            body.import_domains = [
+                onnx.helper.make_opsetid(
+                    e.domain, target if e.domain in ("", "ai.onnx") else e.version
+                )
+                for e in body.import_domains
+            ]
     return None
 
 
