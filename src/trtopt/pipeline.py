@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import hashlib
 import logging
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -770,12 +772,8 @@ def _compile(
         if golden_check is not None:
             the_report["golden"].pop("versions")  # the report's own
             the_report["accuracy"]["failures"] += [f"golden: {f}" for f in golden_check.failures()]
-        # Before the compile is cached, so that a cache hit restores the page with its plots.
-        html_report.write_html(
-            the_report,
-            staging / "report.html",
-            html_report.output_pairs(reference.outputs, candidate_outputs),
-        )
+        pairs = html_report.output_pairs(reference.outputs, candidate_outputs)
+        html_report.write_html(the_report, staging / "report.html", pairs)
         if plan is not None:
             cached_passes = sum(bool(r.get("cached")) for r in records)
             the_report["cache"] = {
@@ -784,7 +782,7 @@ def _compile(
                 "passes_from_cache": cached_passes,
             }
             if compile_key is not None and not unavailable:
-                _store_compile(plan, recipe, data, the_report, staging)
+                _store_compile(plan, recipe, data, the_report, staging, pairs)
         else:
             the_report["cache"] = None
         report.write_reports(the_report, staging)
@@ -810,14 +808,20 @@ def _plan(
     calibration: DataSet,
     validation: list[feeds.Feed],
 ) -> Plan:
-    """The cache keys' starting point: the model's files and declared inputs; the data's
-    hash (calibration, validation and check data) joins only the keys of passes that read it."""
-    inputs = recipe.model_dump(mode="json")["inputs"]
+    """The cache keys' starting point: the model's files and its inputs as declared in the
+    graph the passes get (the recipe's shapes written in); the data's hash (calibration,
+    validation and check data, which the recipe's ranges shape) joins only the keys of passes
+    that read it. Optimization profiles reach only the build and the check: they are in the
+    compile key (_compile_settings), not in any pass's."""
+    declared = [
+        [value.name, hashlib.sha256(value.type.SerializeToString(deterministic=True)).hexdigest()]
+        for value in source.graph.input
+    ]
 
     def data_digest() -> str:
         return digest(calibration.fingerprint(), feeds_digest(validation), feeds_digest(data))
 
-    return Plan(store, source_digest(model_files(model_path), inputs), data_digest)
+    return Plan(store, source_digest(model_files(model_path), declared), data_digest)
 
 
 def _on_disk(model_path: Path) -> int:
@@ -829,6 +833,7 @@ def _compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
     """What besides the final graph decides a compile's artifacts and report."""
     dumped = recipe.model_dump(mode="json")
     return {
+        "inputs": dumped["inputs"],  # profiles decide the engine and the shapes checked
         "build": dumped["build"],
         "check": dumped["check"],
         "check_data": feeds_digest(data),
@@ -877,8 +882,18 @@ def _store_stage(
         }
 
 
+PLOT_DATA = "report-plots.npz"
+"""A cached compile's output pairs, from which a hit draws report.html again (with the plots
+that matplotlib, installed since, can draw, and the hit's own report); never an output."""
+
+
 def _store_compile(
-    plan: Plan, recipe: Recipe, data: list[feeds.Feed], the_report: dict, staging: Path
+    plan: Plan,
+    recipe: Recipe,
+    data: list[feeds.Feed],
+    the_report: dict,
+    staging: Path,
+    pairs: html_report.Pairs,
 ) -> None:
     key = plan.compile_key(_compile_settings(recipe, data))
     with plan.cache.writer(key, "compile") as entry:
@@ -887,7 +902,26 @@ def _store_compile(
             if not path.is_file():
                 raise OSError(f"not caching a compile whose output holds a folder ({path.name})")
             shutil.copyfile(path, entry.folder / path.name)
-        entry.meta = {"report": the_report}
+        names = sorted(pairs)
+        arrays = {
+            f"{kind}{i}": pairs[n][j] for i, n in enumerate(names) for j, kind in enumerate("rc")
+        }
+        with open(entry.folder / PLOT_DATA, "wb") as handle:
+            np.savez(handle, **arrays)
+        entry.meta = {"report": the_report, "plotted": names}
+
+
+def _cached_pairs(entry: Entry) -> html_report.Pairs:
+    """The output pairs a cached compile stored for its plots (none from older entries)."""
+    names = entry.meta.get("plotted")
+    if not isinstance(names, list) or PLOT_DATA not in entry.files():
+        return {}
+    try:
+        with np.load(entry.file(PLOT_DATA), allow_pickle=False) as arrays:
+            return {name: (arrays[f"r{i}"], arrays[f"c{i}"]) for i, name in enumerate(names)}
+    except (OSError, ValueError, KeyError) as error:  # the page keeps its tables
+        log.warning("cached plot data unreadable (%s); report.html without plots", error)
+        return {}
 
 
 def _from_cache(
@@ -908,7 +942,9 @@ def _from_cache(
     }
     staging = stage_output(out)
     try:
-        entry.restore(entry.files(), staging)
+        entry.restore([name for name in entry.files() if name != PLOT_DATA], staging)
+        # Drawn again: the hit's own report, and plots wherever matplotlib is there now.
+        html_report.write_html(the_report, staging / "report.html", _cached_pairs(entry))
         report.write_reports(the_report, staging)
         commit_output(staging, out)
     except BaseException:

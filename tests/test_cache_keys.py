@@ -1,0 +1,57 @@
+"""What a cache key holds: a pass's key only what reaches the graph it reads (the declared
+shapes, not the optimization profiles), and a cached compile draws report.html again on a hit
+(matplotlib installed since, the hit's own report)."""
+
+from __future__ import annotations
+
+import pytest
+
+import trtopt
+from helpers import MODELS
+from trtopt import html
+
+FAST = ["check.samples=1", "check.latency_runs=0", "check.verify_passes=false"]
+PROFILE = {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [4, 3, 32, 32]}
+
+
+def test_a_cache_hit_draws_the_plots_matplotlib_can_draw_now(
+    write_recipe, recipe_for, tmp_path, monkeypatch
+):
+    recipe = write_recipe(recipe_for(MODELS / "cnn_legacy.onnx"))
+    with monkeypatch.context() as without:
+        without.setattr(html, "has_matplotlib", lambda: False)
+        cold = trtopt.compile(recipe, tmp_path / "o", overrides=FAST)
+    assert html.MISSING_PLOTS in (tmp_path / "o" / "report.html").read_text()
+    # `pip install 'trtopt[report]'`, then compile again
+    warm = trtopt.compile(recipe, tmp_path / "o", overrides=FAST)
+    assert warm.report["cache"]["compile"] == "hit"
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert html.MISSING_PLOTS not in page and "<img" in page
+    assert "report-plots.npz" not in {p.name for p in (tmp_path / "o").iterdir()}
+    assert cold.report["build"]["sha256"] == warm.report["build"]["sha256"]
+
+
+def test_adding_a_profile_keeps_every_cached_pass(write_recipe, recipe_for, tmp_path):
+    pytest.importorskip("tensorrt_rtx")
+    recipe = recipe_for(
+        MODELS / "cnn_legacy.onnx",
+        build={"backend": "tensorrt-rtx", "tensorrt_rtx": {"compute_capabilities": [8.9]}},
+    )
+    first = trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
+    assert first.report["cache"]["passes_from_cache"] == 0
+    recipe["inputs"]["pixel_values"]["profile"] = PROFILE
+    second = trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
+    passes = len(recipe["passes"])
+    assert second.report["cache"]["passes_from_cache"] == passes
+    # The engine and its checks change with the profile: the compile itself is not a hit.
+    assert second.report["cache"]["compile"] == "miss"
+    assert second.report["build"]["tensorrt"]["profiles"] == [{"pixel_values": PROFILE}]
+    assert len(second.report["accuracy"]["profiles"]) == 3
+
+
+def test_a_declared_shape_is_in_the_pass_keys(write_recipe, recipe_for, tmp_path):
+    recipe = recipe_for(MODELS / "cnn_legacy.onnx")
+    trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
+    recipe["inputs"]["pixel_values"]["shape"] = [2, 3, 32, 32]  # written into the graph
+    again = trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
+    assert again.report["cache"]["passes_from_cache"] == 0
