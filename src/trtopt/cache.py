@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from . import jsontext
 from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
 from .errors import UserError
 from .model import file_digest
@@ -408,7 +409,7 @@ class StageCache:
                 "meta": writer.meta,
             }
             with open(folder / MANIFEST, "w") as handle:
-                json.dump(manifest, handle, indent=1, default=str)
+                handle.write(jsontext.dumps(manifest, indent=1, default=str))
                 handle.flush()
                 os.fsync(handle.fileno())
             _fsync_dir(writer.folder)

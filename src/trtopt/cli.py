@@ -18,6 +18,7 @@ import yaml
 
 import trtopt
 
+from . import jsontext
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
 
 
@@ -82,7 +83,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "info":
         info = trtopt.cache_info(args.cache_dir)
         if args.json:
-            print(json.dumps(info.to_json(), indent=2))
+            print(jsontext.dumps(info.to_json(), indent=2))
         else:
             kinds = ", ".join(f"{n} {kind}" for kind, n in info.by_kind.items()) or "empty"
             print(f"{info.root}: {info.entries} entries ({kinds}), {_size(info.bytes)}")
@@ -264,7 +265,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.html:
         pairs = trtopt.output_pairs(result.reference_outputs, result.candidate_outputs)
         trtopt.write_html(data, args.html, pairs)
-    print(json.dumps(data, indent=2) if args.json else trtopt.format_check(result))
+    print(jsontext.dumps(data, indent=2) if args.json else trtopt.format_check(result))
     return result.exit_code
 
 
@@ -277,13 +278,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
         latency_margin=args.latency_margin,
         size_margin=args.size_margin,
     )
-    print(json.dumps(result.to_json(), indent=2) if args.json else result.format())
+    print(jsontext.dumps(result.to_json(), indent=2) if args.json else result.format())
     return result.exit_code
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
     report = trtopt.lint_model(args.model, args.target, parse=not args.no_parse)
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.format())
+    print(jsontext.dumps(report.to_json(), indent=2) if args.json else report.format())
     if args.strict and report.errors:
         raise trtopt.LintError(report.summary(), args.model)
     return 0

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import jsontext
 from .errors import EXIT_ACCURACY, EXIT_OK, UserError
 from .report import format_value
 
@@ -122,9 +124,12 @@ NOT_JUDGED = ("max_rel",)
 def regressed(metric: str, a: Any, b: Any, margin: float, atol: float) -> bool:
     if metric.removesuffix(" vs baseline") in NOT_JUDGED:
         return False
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+    na, nb = jsontext.number(a), jsontext.number(b)
+    if na is None or nb is None:
         return False
-    ea, eb = error_space(metric, float(a)), error_space(metric, float(b))
+    ea, eb = error_space(metric, na), error_space(metric, nb)
+    if math.isnan(eb):  # a metric that became NaN ("NaN" in report.json) is a regression
+        return not math.isnan(ea)
     return eb > ea * (1 + margin) + atol
 
 

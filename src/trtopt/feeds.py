@@ -111,3 +111,16 @@ def validate_feeds(
                     f"input '{name}' has shape {list(array.shape)}, the model expects {declared}",
                     where,
                 )
+            if array.ndim and array.shape[0] == 0:
+                raise DataError(
+                    f"input '{name}' has no samples (shape {list(array.shape)}): there is "
+                    "nothing to check",
+                    where,
+                )
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                count = int(array.size - np.count_nonzero(np.isfinite(array)))
+                raise DataError(
+                    f"input '{name}' holds {count} NaN or infinite value(s): outputs computed "
+                    "from them cannot be compared",
+                    where,
+                )

@@ -9,7 +9,6 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 from onnx.external_data_helper import (
-    ExternalDataInfo,
     load_external_data_for_model,
     uses_external_data,
 )
@@ -37,7 +36,13 @@ def external_data_files(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
     files: dict[Path, None] = {}
     root = model_dir.resolve()
     for tensor in _external_tensors(model):
-        location = ExternalDataInfo(tensor).location
+        entries = {entry.key: entry.value for entry in tensor.external_data}
+        location = entries.get("location", "")
+        if not location or "\0" in location:
+            raise ModelError(
+                f"tensor '{tensor.name}' has an external data location that is "
+                + ("empty" if not location else f"not a file name (a NUL byte: {location!r})")
+            )
         resolved = (root / location).resolve()
         if Path(location).is_absolute() or not resolved.is_relative_to(root):
             raise ModelError(
@@ -48,8 +53,62 @@ def external_data_files(model: onnx.ModelProto, model_dir: Path) -> list[Path]:
             raise ModelError(
                 f"external data file '{location}' of tensor '{tensor.name}' is missing"
             )
+        _check_span(tensor, entries, location, resolved.stat().st_size)
         files[resolved] = None
     return list(files)
+
+
+_PACKED_4BIT = {
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+    *([onnx.TensorProto.FLOAT4E2M1] if hasattr(onnx.TensorProto, "FLOAT4E2M1") else []),
+}
+
+
+def _declared_bytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes the tensor's dims and type need on disk; None where that is not fixed (strings)."""
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if tensor.data_type == onnx.TensorProto.STRING else count * itemsize
+
+
+def _check_span(
+    tensor: onnx.TensorProto, entries: dict[str, str], location: str, size: int
+) -> None:
+    """The bytes a tensor declares (offset, length, its dims) must lie inside its data file:
+    a short or crafted file is the user's error here, not an out-of-bounds read later."""
+
+    def number(key: str) -> int | None:
+        if key not in entries:
+            return None
+        text = entries[key].strip()
+        if not text.isdigit():
+            raise ModelError(
+                f"tensor '{tensor.name}' has external data {key} {entries[key]!r}, not a "
+                f"non-negative integer (file '{location}')"
+            )
+        return int(text)
+
+    offset, length = number("offset") or 0, number("length")
+    needed = _declared_bytes(tensor)
+    if length is not None and needed is not None and length != needed:
+        raise ModelError(
+            f"tensor '{tensor.name}' declares {length} bytes of external data in '{location}', "
+            f"but its dims {list(tensor.dims)} need {needed}"
+        )
+    span = length if length is not None else needed if needed is not None else 0
+    if offset + span > size:
+        raise ModelError(
+            f"tensor '{tensor.name}' reads bytes {offset}..{offset + span} of external data "
+            f"file '{location}', which holds {size} bytes (truncated or not this model's data)"
+        )
 
 
 def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
@@ -86,6 +145,8 @@ def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
         text = " ".join(str(error).split())
         text = text if len(text) <= 600 else text[:600] + "..."
         raise ModelError(f"invalid ONNX model: {text}", str(path)) from None
+    if not model.graph.output:
+        raise ModelError("the model has no outputs: there is nothing to build or check", str(path))
     return model
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import math
 import platform
 from pathlib import Path
 from typing import Any
 
+from . import jsontext
+
 SCHEMA_VERSION = 1
+"""report.json's format version. The file is strict JSON (jsontext): a metric that is not a
+finite number is the string "NaN", "Infinity" or "-Infinity"; null means not computed."""
 TRACKED_PACKAGES = (
     "trtopt",
     "onnx",
@@ -33,7 +36,7 @@ def versions() -> dict[str, str | None]:
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out_dir / "report.json").write_text(jsontext.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
 
 

@@ -23,6 +23,8 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
+from .. import jsontext
+
 CACHE_VERSION = 1
 RANGES_FOLDER = "ranges-v1"
 """Folder under the cache root holding the range files."""
@@ -90,7 +92,7 @@ def save_ranges(key: dict[str, Any], ranges: dict[str, float], folder: Path) -> 
     """Write the cache atomically (a concurrent compile reads the old file or the new one).
     A cache that cannot be written never fails the calibration: None then."""
     path = cache_path(key, folder)
-    text = json.dumps({"key": key, "ranges": dict(sorted(ranges.items()))}, indent=1)
+    text = jsontext.dumps({"key": key, "ranges": dict(sorted(ranges.items()))}, indent=1)
     prefix = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -329,6 +329,11 @@ def _npy_feeds(
                 arrays[info.name] = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as error:
                 raise DataError(f"not a readable .npy file: {error}", str(path)) from None
+            if arrays[info.name].ndim == 0:
+                raise DataError(
+                    "holds a single value (a 0-d array); .npy data needs a leading sample axis",
+                    str(path),
+                )
         lengths = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
         if len(set(lengths.values())) > 1:
             raise DataError(f"arrays differ in their leading (sample) axis: {lengths}", str(folder))
