@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -422,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="golden .npz (default: check.golden, else golden/NAME.npz)"
     )
     sub.add_argument(
-        "--samples", type=int, help="feeds to store (default: check.golden_samples or samples)"
+        "--samples",
+        type=_positive_int,
+        help="feeds to store (default: check.golden_samples or samples)",
     )
     sub.add_argument("--set", **overrides)
 
@@ -460,6 +463,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+_ENVIRONMENT_ERRNOS = {
+    *(errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT),
+    *(errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG),
+}
+"""OSErrors that the user's files or machine cause (permissions, a read-only or full disk, a
+folder where a file should be): exit 2 naming the path, not an internal error."""
+
+
 def _terminated(signum: int, frame: object) -> None:
     # SIGTERM ends the process through the same cleanup as an error: staging and scratch
     # folders removed, the previous output and the cache untouched.
@@ -483,14 +505,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as error:  # a bug or an unexpected library failure: exit 3
+    except OSError as error:
+        # A folder that cannot be written, a full disk: the user's to fix, named by its path.
+        if error.errno not in _ENVIRONMENT_ERRNOS:
+            return _internal(args, error)
         if args.debug:
             traceback.print_exc()
-        print(
-            f"internal error: {type(error).__name__}: {error} (run with --debug for details)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+        where = f"{error.filename}: " if error.filename is not None else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_USER
+    except Exception as error:
+        return _internal(args, error)
+
+
+def _internal(args: argparse.Namespace, error: Exception) -> int:
+    """A bug or an unexpected library failure: exit 3 (called while handling ``error``)."""
+    if args.debug:
+        traceback.print_exc()
+    print(
+        f"internal error: {type(error).__name__}: {error} (run with --debug for details)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERNAL
 
 
 __all__ = ["EXIT_USER", "build_parser", "main"]

@@ -193,6 +193,8 @@ def update_golden(
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     check = recipe.check
+    if samples is not None and samples < 1:
+        raise UserError(f"golden samples must be at least 1, not {samples}", "--samples")
     count = samples or check.golden_samples or check.samples
     model_path = Path(recipe.model)
     source = load_model(model_path, external_data=False)  # its inputs are what is read

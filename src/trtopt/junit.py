@@ -10,10 +10,13 @@ GitLab, GitHub Actions reporters and ``junitparser`` read:
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 Suite = tuple[str, Mapping[str, Any]]
 """(suite name, an ``accuracy`` section of a report or check result)."""
@@ -93,6 +96,9 @@ def junit_xml(suites: Sequence[Suite], extra_failures: Sequence[tuple[str, str]]
     for key, value in totals.items():
         root.set(key, str(value))
     root.set("errors", "0")
+    for element in root.iter():
+        element.text = _xml_text(element.text)
+        element.attrib = {key: _xml_text(value) or "" for key, value in element.attrib.items()}
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -115,7 +121,23 @@ def report_suites(report: Mapping[str, Any]) -> tuple[list[Suite], list[tuple[st
 def write_junit(report: Mapping[str, Any], path: str | Path) -> Path:
     """Write the JUnit XML of a compile report or check result to ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suites, extra = report_suites(report)
-    path.write_text(junit_xml(suites, extra), encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(junit_xml(suites, extra), encoding="utf-8")
+    except OSError as error:
+        raise UserError(
+            f"cannot write the JUnit file: {error.strerror or error}", str(path)
+        ) from None
     return path
+
+
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+"""Characters XML 1.0 cannot hold, even escaped (a control character in an output name)."""
+
+
+def _xml_text(text: str | None) -> str | None:
+    """``text`` with each character XML cannot hold written as ``\\xNN``, visibly."""
+    if text is None:
+        return None
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

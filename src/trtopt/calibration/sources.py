@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from ..feeds import Feed, InputInfo, synthetic_feeds, validate_feeds
 from . import script_child
 
@@ -388,10 +388,21 @@ def load_image(path: Path, spec: ImageSource) -> np.ndarray:
                 left, top = (w - cw) // 2, (h - ch) // 2
                 image = image.crop((left, top, left + cw, top + ch))
             pixels = np.asarray(image, dtype=np.uint8)
+    except image_mod.DecompressionBombError as error:
+        raise DataError(f"refusing a decompression bomb: {error}", str(path)) from None
     except OSError as error:
         raise DataError(f"not a readable image: {error}", str(path)) from None
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    channels = pixels.shape[2]
+    for key in ("mean", "std"):
+        values = getattr(spec, key)
+        if spec.dtype != "uint8" and len(values) not in (1, channels):
+            raise DataError(
+                f"images.{key} has {len(values)} values, the images have {channels} "
+                f"channel(s) ({spec.color}): give 1 or {channels}",
+                "data.images",
+            )
     if spec.color == "BGR":
         pixels = pixels[:, :, ::-1]
     if spec.dtype == "uint8":
@@ -409,7 +420,13 @@ def _image_feeds(source: DataSource, inputs: Sequence[InputInfo]) -> Iterator[Fe
     assert spec is not None
     names = [i.name for i in inputs]
     name = spec.input or (names[0] if len(names) == 1 else None)
-    if name is None or name not in names:
+    if name is not None and name not in names:
+        raise DataError(
+            f"images.input '{name}' is not a model input{did_you_mean(name, names)}; the "
+            f"model takes {names}",
+            "data.images",
+        )
+    if name is None:
         raise DataError(
             f"say which input the images feed (images.input); the model takes {names}",
             "data.images",
