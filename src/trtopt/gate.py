@@ -26,7 +26,7 @@ from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from .golden import Golden, GoldenError, load_golden
 from .model import model_sha256
 from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds
-from .report import format_value
+from .report import format_limit, format_metric, format_value
 
 CHECK_SCHEMA_VERSION = 1
 ONNX_ARTIFACT = "model.onnx"
@@ -179,12 +179,18 @@ def verify_golden(
     what: str,
     model_sha: str | None = None,
     check_outputs: bool = True,
+    recipe_file: Path | None = None,
 ) -> None:
     """Refuse a golden file that does not fit ``model`` (``what`` names it in messages): another
-    source model (``model_sha``), other input names/dtypes/shapes, or other outputs."""
+    source model (``model_sha``), other input names/dtypes/shapes, or other outputs. The hint
+    names ``recipe_file`` as a path from the current folder (else the recorded recipe name)."""
     recorded = (golden.meta.get("model") or {}).get("sha256")
-    recipe = golden.meta.get("recipe") or "RECIPE"
-    update = f"if the change is intended, run `trtopt golden update {recipe}.yaml`"
+    update = "if the change is intended, run `trtopt golden update"
+    if recipe_file is not None:
+        update += f" {os.path.relpath(recipe_file)}`"
+    else:
+        named = golden.meta.get("recipe")
+        update += " RECIPE`" + (f" (the recipe named '{named}')" if named else "")
     if model_sha is not None and recorded != model_sha:
         raise GoldenError(
             f"made from another model: its sha256 is {str(recorded)[:12]}..., {what} has "
@@ -353,8 +359,8 @@ def check(
     what = f"the recipe's model {recipe.model}" if recipe else "the artifact"
     if recipe is not None:  # the reference itself: sha256 and inputs
         source = onnx.load(recipe.model, load_external_data=False)
-        verify_golden(loaded, source, what, model_sha, check_outputs=False)
-    verify_golden(loaded, model, f"the artifact {onnx_path}")
+        verify_golden(loaded, source, what, model_sha, False, recipe.file)
+    verify_golden(loaded, model, f"the artifact {onnx_path}", None, True, recipe and recipe.file)
     settings = GateSettings.from_recipe(recipe) if recipe else GateSettings.from_golden(loaded)
     baseline_path = baseline or (recipe.check.baseline if recipe else None)
     base = baseline_metrics(baseline_path) if baseline_path else None
@@ -405,10 +411,11 @@ def format_check(result: CheckResult | Mapping[str, Any]) -> str:
 def _cells(value: Any, check_: Mapping[str, Any] | None) -> tuple[str, str, str]:
     if check_ is None:
         return _num(value), "-", "not gated"
-    limit = _num(check_["limit"])
+    limit = format_limit(check_["limit"])
     if check_.get("baseline") is not None:
         limit += f" (baseline {_num(check_['baseline'])})"
-    return _num(value), limit, "pass" if check_["passed"] else "FAIL"
+    shown = format_metric(value, check_["limit"], 6)
+    return shown, limit, "pass" if check_["passed"] else "FAIL"
 
 
 def _num(value: Any) -> str:
@@ -437,7 +444,7 @@ def golden_for_recipe(recipe: Recipe, source: onnx.ModelProto) -> Golden | None:
         return None
     golden = load_golden(recipe.check.golden)
     what = f"the recipe's model {recipe.model}"
-    verify_golden(golden, source, what, model_sha256(Path(recipe.model)), check_outputs=False)
+    verify_golden(golden, source, what, model_sha256(Path(recipe.model)), False, recipe.file)
     return golden
 
 
@@ -450,7 +457,7 @@ def check_compiled(
     checked: str,
 ) -> CheckResult:
     """The check a compile runs on its artifact when its recipe names a golden file."""
-    verify_golden(golden, final, "the optimized model")
+    verify_golden(golden, final, "the optimized model", None, True, recipe.file)
     baseline = recipe.check.baseline
     base = baseline_metrics(baseline) if baseline else None
     result, candidate = run_golden(golden, runner, GateSettings.from_recipe(recipe), base)

@@ -761,6 +761,7 @@ def _compile(
             "golden": None if golden_check is None else golden_check.to_json(),
             "latency": latency_report,
             "kept_in_higher_precision": _kept(records),
+            "int8_coverage": _int8_coverage(records),
             "warnings": list(ctx.warnings),
         }
         if strict_failure:
@@ -967,6 +968,16 @@ def _kept(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 reason = f"auto: effect {item['effect']:.3g} when quantized alone"
                 kept.append({"pass": record["name"], "node": item["node"], "reason": reason})
     return kept
+
+
+def _int8_coverage(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last quantize pass's INT8 coverage (layers and MACs), None without one."""
+    found = None
+    for record in records:
+        details = record.get("details") or {}
+        if isinstance(details.get("int8_coverage"), dict) and not record.get("rolled_back"):
+            found = {"pass": record["name"], **details["int8_coverage"]}
+    return found
 
 
 def _backend(recipe: Recipe, model: onnx.ModelProto) -> Any:

@@ -66,7 +66,8 @@ class InputSpec(Strict):
     shape: list[Dim] | None = None
     """Declared shape written into the optimized model; a string is a symbolic dim."""
     range: tuple[float, float] | None = None
-    """[low, high) of synthetic values, e.g. [0, 30522] for token ids."""
+    """Inclusive [low, high] of synthetic values: integers take both ends, e.g. [0, 30521]
+    for the ids of a 30,522-token vocabulary; floats are uniform between them."""
     profile: ProfileSpec | None = None
     """TensorRT optimization profile (min/opt/max shapes) of a dynamic input."""
     profiles: list[ProfileSpec] = []
@@ -261,7 +262,7 @@ class CheckData(DataSource):
 
 
 class DataSpec(Strict):
-    """Data sets the passes use (see trtopt.calibration.sources for the source kinds)."""
+    """Data sets the passes use; each is one of npz, npy, images, script or synthetic."""
 
     calibration: DataSource | None = None
     """What calibration (quantize) and the FP16 range guard (precision) stream through the
@@ -277,7 +278,7 @@ class CheckSpec(Strict):
     seed: Annotated[int, Field(ge=0, lt=SEED_LIMIT)] = 0
     data: CheckData = CheckData()
     dims: dict[str, Annotated[int, Field(ge=1)]] = {}
-    """Values of symbolic dims for synthetic data; unnamed ones default to DEFAULT_DIM."""
+    """Values of symbolic dims for synthetic data; a dim named nowhere (or -1) is 2."""
     thresholds: Thresholds = DEFAULT_THRESHOLDS
     outputs: dict[str, OutputSpec] = {}
     verify_passes: bool = False
@@ -291,7 +292,7 @@ class CheckSpec(Strict):
     ``trtopt check`` and every compile run the artifact on; relative to the recipe."""
     golden_samples: Annotated[int, Field(ge=1)] | None = None
     """Feeds stored in the golden file; default ``samples``. Keep golden files small enough to
-    commit (trtopt.golden.GOLDEN_SIZE_BUDGET)."""
+    commit: ``trtopt golden update`` warns above 256 KiB."""
     baseline: str | None = None
     """A previous report.json (or `trtopt check --json` output) that ``max_degradation``
     thresholds compare with; relative to the recipe."""
@@ -345,6 +346,12 @@ class Recipe(Strict):
     _document: Document | None = PrivateAttr(default=None)
     _folder: Path | None = PrivateAttr(default=None)
     """The recipe file's folder, where the default output goes (None: not from a file)."""
+    _file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def file(self) -> Path | None:
+        """The recipe file (None: not loaded from a file)."""
+        return self._file
 
     @model_validator(mode="before")
     @classmethod
@@ -398,8 +405,26 @@ class Recipe(Strict):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
-        data["passes"] = [p.to_yaml() for p in self.passes]
-        return yaml.safe_dump(data, sort_keys=False)
+        data["passes"] = _Lines(p.to_yaml() for p in self.passes)
+        return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False)
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """YAML as a recipe is written: a list of scalars (a shape, a range) on one line, the
+    passes one per line."""
+
+
+class _Lines(list):
+    """A list written one item per line."""
+
+
+def _flow_scalars(dumper: yaml.SafeDumper, data: list[Any]) -> yaml.Node:
+    flow = not isinstance(data, _Lines) and all(not isinstance(i, dict | list) for i in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
+
+
+_RecipeDumper.add_representer(list, _flow_scalars)
+_RecipeDumper.add_representer(_Lines, _flow_scalars)
 
 
 def _pass_item(item: Any) -> Any:
@@ -496,6 +521,7 @@ def load_recipe(
         document = document.with_value(key_path, value, Place(f"--set {text}"))
     recipe = recipe_from_document(document, run_plugins)
     recipe._folder = Path(path).resolve().parent
+    recipe._file = Path(path).resolve()
     return recipe
 
 

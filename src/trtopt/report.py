@@ -24,6 +24,10 @@ TRACKED_PACKAGES = (
 )
 
 
+KEPT_SHOWN = 5
+"""Nodes kept in higher precision that the terminal summary names (report.md lists all)."""
+
+
 def versions() -> dict[str, str | None]:
     """Python's and every tracked package's version (None when not installed)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
@@ -107,6 +111,27 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             *_accuracy_table(shape_check),
         ]
+    golden = report.get("golden")
+    if golden:
+        lines += [
+            "",
+            f"## Golden check (`{golden['golden']}`): {golden['verdict']}",
+            "",
+            *_accuracy_table(golden["accuracy"]),
+        ]
+    coverage = report.get("int8_coverage")
+    if coverage:
+        lines += ["", "## INT8 coverage", "", f"- {describe_coverage(coverage)}"]
+    kept = report.get("kept_in_higher_precision") or []
+    if kept:
+        lines += [
+            "",
+            "## Kept in higher precision",
+            "",
+            "| node | pass | why |",
+            "|---|---|---|",
+            *(f"| {k.get('node')} | {k.get('pass')} | {k.get('reason', '')} |" for k in kept),
+        ]
     latency = report.get("latency")
     if latency:
         lines += [
@@ -125,6 +150,18 @@ def markdown(report: dict[str, Any]) -> str:
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {line}" for line in warnings)]
     return "\n".join(lines) + "\n"
+
+
+def describe_coverage(coverage: dict[str, Any]) -> str:
+    """One line: how much of the quantizable compute an INT8 pass quantized."""
+    layers, macs = coverage["layers"], coverage["macs"]
+    text = f"{layers['quantized']} of {layers['quantizable']} quantizable layers in INT8"
+    if macs["quantizable"]:
+        share = 100.0 * macs["quantized"] / macs["quantizable"]
+        text += f", {share:.1f}% of {macs['quantizable']:,} MACs (dynamic dims as 1)"
+    if macs.get("unknown_layers"):
+        text += f"; {macs['unknown_layers']} layers of unknown shape not counted"
+    return text
 
 
 def _accuracy_table(accuracy: dict[str, Any]) -> list[str]:
@@ -170,6 +207,14 @@ def summary(report: dict[str, Any]) -> str:
             f"  profiles accuracy at {len(shape_checks)} profile shapes: "
             + (f"fail at {', '.join(failed_shapes)}" if failed_shapes else "pass")
         )
+    coverage = report.get("int8_coverage")
+    if coverage:
+        lines.append(f"  int8     {describe_coverage(coverage)}")
+    kept = report.get("kept_in_higher_precision") or []
+    if kept:
+        names = ", ".join(str(k.get("node")) for k in kept[:KEPT_SHOWN])
+        more = f" and {len(kept) - KEPT_SHOWN} more (report.md)" if len(kept) > KEPT_SHOWN else ""
+        lines.append(f"  float    {len(kept)} kept in higher precision: {names}{more}")
     lines += [f"    FAIL {line}" for line in report["accuracy"]["failures"]]
     failed = set(report["accuracy"]["failures"])
     lines += [

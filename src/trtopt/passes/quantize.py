@@ -269,9 +269,11 @@ class Quantize(Pass):
         graph = with_types(graph)
         plan = self.plan(graph)
         ctx.details["placement"] = plan.reasons
+        macs = layer_macs(graph)
         activations = sorted({s.tensor for s in plan.sites if not s.constant})
         if not plan.sites:
             ctx.details["quantized_nodes"] = 0
+            ctx.details["int8_coverage"] = coverage(macs, set())
             return graph
 
         data = ctx.calibration
@@ -337,6 +339,7 @@ class Quantize(Pass):
         graph = self.apply(graph, plan, ranges, excluded)
         ctx.details["quantized_nodes"] = len([u for u in plan.units if u not in excluded])
         ctx.details["excluded_nodes"] = kept
+        ctx.details["int8_coverage"] = coverage(macs, set(plan.units) - excluded)
         self._quantized_weights.clear()
         # graphsurgeon tensors reference themselves (through their input and output lists),
         # so the FP32 weights replaced above are freed only by the cyclic collector, which
@@ -544,6 +547,65 @@ class Quantize(Pass):
             )
         )
         return out
+
+
+# -- coverage ---------------------------------------------------------------------------------
+
+
+def layer_macs(graph: gs.Graph) -> dict[str, int | None]:
+    """Multiply-accumulates of every quantizable layer (Conv, ConvTranspose, Gemm, MatMul
+    outside shape computations) by node name, from the shapes inference gave (a dynamic dim
+    counts as 1; None where a shape is unknown)."""
+    shapes = shape_nodes(graph)
+    return {
+        node.name: _macs(node)
+        for node in graph.nodes
+        if node.op in QUANTIZED_OPS and node.name not in shapes
+    }
+
+
+def coverage(macs: dict[str, int | None], quantized: set[str]) -> dict[str, Any]:
+    """How much of the quantizable compute runs in INT8: layers and MACs."""
+    known = {name: n for name, n in macs.items() if n is not None}
+    return {
+        "layers": {"quantized": len(quantized & set(macs)), "quantizable": len(macs)},
+        "macs": {
+            "quantized": sum(n for name, n in known.items() if name in quantized),
+            "quantizable": sum(known.values()),
+            "unknown_layers": len(macs) - len(known),
+            "dynamic_dims_as": 1,
+        },
+    }
+
+
+def _size(shape: Sequence[Any] | None) -> int | None:
+    if shape is None:
+        return None
+    return int(np.prod([d if isinstance(d, int) and d > 0 else 1 for d in shape], dtype=np.int64))
+
+
+def _macs(node: gs.Node) -> int | None:
+    """MACs of one Conv/ConvTranspose/Gemm/MatMul from its input and output shapes."""
+    if len(node.inputs) < 2 or not node.outputs:
+        return None
+    a, b, out = node.inputs[0].shape, node.inputs[1].shape, node.outputs[0].shape
+    if node.op == "Conv":  # out [N, M, ...] x weights [M, C/g, k...]
+        per_output, outputs = _size(None if b is None else b[1:]), _size(out)
+    elif node.op == "ConvTranspose":  # in [N, C, ...] x weights [C, M/g, k...]
+        per_output, outputs = _size(None if b is None else b[1:]), _size(a)
+    elif node.op == "Gemm":  # A [M, K] x B [K, N] (either transposed)
+        if a is None or b is None or len(a) != 2 or len(b) != 2:
+            return None
+        m, k = (a[1], a[0]) if int(node.attrs.get("transA", 0)) else (a[0], a[1])
+        n = b[0] if int(node.attrs.get("transB", 0)) else b[1]
+        per_output, outputs = _size([k]), _size([m, n])
+    else:  # MatMul [..., M, K] x [..., K, N]
+        if out is None and a and b and len(b) >= 2:
+            out = [*a[:-1], b[-1]]
+        per_output, outputs = (None if not a else _size(a[-1:])), _size(out)
+    if per_output is None or outputs is None:
+        return None
+    return per_output * outputs
 
 
 def quantize_weight(values: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
