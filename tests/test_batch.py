@@ -17,6 +17,8 @@ from trtopt import Pass, register_pass
 class ScaleOutput(Pass):
     \"\"\"Multiply the first graph output by 2 (a deliberately wrong pass).\"\"\"
 
+    exact = False  # changes the numbers on purpose: the accuracy check judges it
+
     def run(self, graph, ctx):
         out = graph.outputs[0]
         hidden = gs.Variable(out.name + "_unscaled", dtype=out.dtype)

@@ -215,6 +215,8 @@ from trtopt import Pass, PassOptions, register_pass
 class Drift(Pass):
     """Scale the largest weight by 1.05 (a pass that changes numerics)."""
 
+    exact = False  # changes the numbers on purpose: the accuracy check judges it
+
     def run(self, graph, ctx):
         constants = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]
         largest = max(constants, key=lambda t: t.values.size)

@@ -108,20 +108,24 @@ class ExternalValues(gs.ir.tensor.LazyValues):
 def constants(graph: gs.Graph) -> Iterator[gs.Constant]:
     """Every constant of ``graph``: initializers, Constant-node values and subgraphs' ones."""
     seen: set[int] = set()
-    pending = [graph]
-    while pending:
-        current = pending.pop()
+    for current in graphs(graph):
         found = [t for t in current.tensors().values() if isinstance(t, gs.Constant)]
         for node in current.nodes:
-            for value in node.attrs.values():
-                if isinstance(value, gs.Constant):
-                    found.append(value)
-                elif isinstance(value, gs.Graph):
-                    pending.append(value)
+            found += [v for v in node.attrs.values() if isinstance(v, gs.Constant)]
         for constant in found:
             if id(constant) not in seen:
                 seen.add(id(constant))
                 yield constant
+
+
+def graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
+    """``graph`` and every subgraph nested in its nodes' attributes (If, Loop, Scan bodies)."""
+    pending = [graph]
+    while pending:
+        current = pending.pop()
+        yield current
+        for node in current.nodes:
+            pending.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
 
 
 def _restore_type_attributes(proto: onnx.GraphProto | onnx.FunctionProto, graph: gs.Graph) -> None:
@@ -176,16 +180,6 @@ def signature(constant: gs.Constant, head: int = 4096) -> tuple:
     array = np.asarray(constant.values)
     flat = np.ascontiguousarray(array).reshape(-1)
     return (str(array.dtype), array.shape, flat[: head // max(array.itemsize, 1)].tobytes())
-
-
-def graphs(graph: gs.Graph) -> Iterator[gs.Graph]:
-    """``graph`` and every subgraph nested in its nodes' attributes (If, Loop, Scan bodies)."""
-    pending = [graph]
-    while pending:
-        current = pending.pop()
-        yield current
-        for node in current.nodes:
-            pending.extend(v for v in node.attrs.values() if isinstance(v, gs.Graph))
 
 
 def _proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:

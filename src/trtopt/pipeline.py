@@ -442,10 +442,13 @@ def _run_passes(
                     raise PassError(error.message, recipe.place("passes", index)) from error
                 rolled_back = failure(pass_, error)
             changed = rolled_back is None and graph_signature(graph) != before_sig
+            proven = None  # the stage's file, once proven
             if changed and judge is not None:
                 rolled_back, path, _ = judge.judge(graph, pass_.exact)
                 if rolled_back is None:
                     restore = partial(_load_path, path)
+                    # One file (no external data): the cache copies it as it is.
+                    proven = path if len(list(path.parent.iterdir())) == 1 else None
             if rolled_back is not None:
                 graph, changed = restore(), False
                 for name in written(artifacts_before, staging):
@@ -490,6 +493,7 @@ def _run_passes(
                         new_files,
                         new_warnings,
                         staging,
+                        proven,
                     )
                 plan.advance(key)
         if verify is not None and judge is not None and judge.outputs is not None:
@@ -870,9 +874,15 @@ def _store_stage(
     artifacts: list[str],
     warnings: list[str],
     staging: Path,
+    saved: Path | None,
 ) -> None:
+    """Cache a pass's stage; ``saved``: the same graph already saved as one file (when its
+    stage was proven), copied rather than exported again."""
     with store.writer(key, "pass") as entry:
-        _save(graph, entry.folder / "model.onnx", like)
+        if saved is not None:
+            shutil.copyfile(saved, entry.folder / "model.onnx")
+        else:
+            _save(graph, entry.folder / "model.onnx", like)
         for name in artifacts:
             shutil.copyfile(staging / name, entry.folder / name)
         entry.meta = {
