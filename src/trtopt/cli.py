@@ -19,13 +19,14 @@ import yaml
 
 import trtopt
 
-from . import jsontext
+from . import jsontext, progress
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
 
 
 def _progress(message: str) -> None:
-    """Progress goes to a terminal only; CI logs (no TTY) stay quiet."""
-    if sys.stderr.isatty():
+    """Steps go to a terminal only (long work inside a step shows its own progress, in CI
+    logs too); --quiet silences both."""
+    if sys.stderr.isatty() and not progress.is_quiet():
         print(f"  ... {message}", file=sys.stderr, flush=True)
 
 
@@ -304,9 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     # Also after the verb (`trtopt compile X --debug`), where errors tell users to add it;
     # SUPPRESS keeps the verb's parser from resetting a --debug given before the verb.
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", help="no progress lines or bars (on stderr)"
+    )
     debug = argparse.ArgumentParser(add_help=False)
     debug.add_argument(
         "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
+    debug.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress lines or bars (on stderr)",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -490,6 +501,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress.set_quiet(args.quiet)
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminated)
     try:

@@ -8,6 +8,8 @@ import time
 import numpy as np
 from polygraphy.backend.base import BaseRunner
 
+from . import progress
+
 WARMUP_RUNS = 3
 
 
@@ -22,11 +24,13 @@ def interleaved(
     for runner in runners.values():
         for _ in range(WARMUP_RUNS):
             runner.infer(feed)
-    for _ in range(runs):
-        for name, runner in runners.items():
-            start = time.perf_counter()
-            runner.infer(feed)
-            samples[name].append((time.perf_counter() - start) * 1e3)
+    with progress.bar(f"latency ({', '.join(runners)})", runs, "round") as shown:
+        for _ in range(runs):
+            for name, runner in runners.items():
+                start = time.perf_counter()
+                runner.infer(feed)
+                samples[name].append((time.perf_counter() - start) * 1e3)
+            shown.update(1)
     return {
         name: {
             "runs": runs,

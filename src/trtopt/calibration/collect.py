@@ -25,6 +25,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from .. import progress
 from ..graph_io import nbytes, peek
 from .sources import DataSet
 
@@ -286,17 +287,21 @@ def collect(
             for name in fed:
                 observe(name, feed[name] if name in feed else weights[name])
             count += 1
-    for index, group in enumerate(planned):
-        session = _session(model, group)
-        count = 0
-        for feed in data.feeds():
-            if index == 0:  # graph inputs need no run: observe them with the first group
-                for name in fed:
-                    observe(name, feed[name] if name in feed else weights[name])
-            outputs = session.run(list(group), {**feed, **weights})
-            for name, array in zip(group, outputs):
-                observe(name, array)
-            del outputs
-            count += 1
-        del session
+    with progress.bar("calibrate", None, "feed") as shown:
+        for index, group in enumerate(planned):
+            if len(planned) > 1:
+                shown.set_description(f"calibrate (tensor group {index + 1}/{len(planned)})")
+            session = _session(model, group)
+            count = 0
+            for feed in data.feeds():
+                if index == 0:  # graph inputs need no run: observe them with the first group
+                    for name in fed:
+                        observe(name, feed[name] if name in feed else weights[name])
+                outputs = session.run(list(group), {**feed, **weights})
+                for name, array in zip(group, outputs):
+                    observe(name, array)
+                del outputs
+                count += 1
+                shown.update(1)
+            del session
     return count

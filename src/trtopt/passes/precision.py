@@ -203,6 +203,11 @@ class Precision(Pass):
                 reasons[item["node"]] = f"auto: effect {item['effect']:.3g} when lowered alone"
             lowered -= {k["node"] for k in kept_auto}
             ctx.details["auto"] = result.to_json(options.auto.metric, options.auto.limit)
+            if result.out_of_time:
+                ctx.warnings.append(
+                    f"precision.auto: the time budget ({options.auto.max_minutes:g} min) ran out; "
+                    f"kept the best found: {len(result.kept)} nodes in FP32"
+                )
             if not result.reached:
                 ctx.warnings.append(
                     f"precision.auto: {options.auto.metric} {result.value:.6g} does not reach "

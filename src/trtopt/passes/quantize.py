@@ -331,6 +331,11 @@ class Quantize(Pass):
             excluded = {k["node"] for k in result_search.kept}
             kept = result_search.kept
             ctx.details["auto"] = result_search.to_json(options.auto.metric, options.auto.limit)
+            if result_search.out_of_time:
+                ctx.warnings.append(
+                    f"quantize.auto: the time budget ({options.auto.max_minutes:g} min) ran out; "
+                    f"kept the best found: {len(result_search.kept)} layers in float"
+                )
             if not result_search.reached:
                 ctx.warnings.append(
                     f"quantize.auto: {options.auto.metric} {result_search.value:.6g} does not "

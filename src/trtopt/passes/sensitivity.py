@@ -20,13 +20,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from pydantic import Field, model_validator
 
+from .. import progress
 from .base import PassOptions
 
 log = logging.getLogger("trtopt.passes")
@@ -57,6 +58,9 @@ class AutoOptions(PassOptions):
     """Validation feeds each judgement runs (the first ones of data.validation or check)."""
     outputs: list[str] | None = None
     """Outputs judged (default: all); for top1, the outputs that hold class scores."""
+    max_minutes: Annotated[float, Field(ge=0)] | None = None
+    """Time budget of the search; when it runs out, the best passing set found so far is kept
+    (every layer in float if none passed yet) and a warning says so. Default: no limit."""
 
     @model_validator(mode="after")
     def _limit(self) -> AutoOptions:
@@ -186,6 +190,8 @@ class SearchResult:
     evaluations: int
     seconds: float = 0.0
     """Wall time of the search."""
+    out_of_time: bool = False
+    """The time budget (``max_minutes``) ran out: the result is the best found by then."""
 
     def to_json(self, metric: str, limit: float) -> dict:
         return {
@@ -196,6 +202,7 @@ class SearchResult:
             "value_all_lowered": self.all_lowered_value,
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 3),
+            "out_of_time": self.out_of_time,
             "kept": self.kept,
         }
 
@@ -208,7 +215,36 @@ def search(
     """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes."""
     options = judge.options
     start = time.perf_counter()
-    everything, _ = judge(build(set()))
+    budget = None if options.max_minutes is None else options.max_minutes * 60.0
+    with progress.bar("quantize.auto search", len(candidates) + 1, "graph") as shown:
+        result = _search(candidates, build, judge, shown, budget, start)
+    if result.out_of_time:
+        log.warning("auto: the time budget ran out; keeping the best set found")
+    return result
+
+
+def _search(
+    candidates: Sequence[str],
+    build: Callable[[set[str]], Candidate],
+    judge: Judge,
+    shown: Any,
+    budget: float | None,
+    start: float,
+) -> SearchResult:
+    options = judge.options
+    out_of_time = False
+
+    def time_left() -> bool:
+        nonlocal out_of_time
+        out_of_time = out_of_time or (budget is not None and time.perf_counter() - start >= budget)
+        return not out_of_time
+
+    def judged(kept: set[str]) -> tuple[float, float]:
+        result = judge(build(kept))
+        shown.update(1)
+        return result
+
+    everything, _ = judged(set())
     log.info("auto: %s = %.6g with every layer lowered", options.metric, everything)
     if options.passes(everything) or not candidates:
         return SearchResult(
@@ -221,13 +257,18 @@ def search(
         )
     effects: dict[str, tuple[float, float, float]] = {}
     all_names = set(candidates)
-    for name in candidates:
-        value, cosine = judge(build(all_names - {name}))
+    for name in candidates:  # a layer not measured in time counts as the most sensitive
+        if not time_left():
+            effects[name] = (np.inf, np.inf, float("nan"))
+            continue
+        value, cosine = judged(all_names - {name})
         effects[name] = (options.effect(value), 1.0 - cosine, value)
     order = sorted(candidates, key=lambda n: (-effects[n][0], -effects[n][1], n))
+    shown.total = shown.n + 2 + int(np.ceil(np.log2(len(order) + 1))) + MAX_REFINEMENTS
+    shown.refresh()
 
     def passes(kept: set[str]) -> tuple[bool, float]:
-        value, _ = judge(build(kept))
+        value, _ = judged(kept)
         return options.passes(value), value
 
     low, high = 1, len(order)
@@ -237,7 +278,7 @@ def search(
         reached, final = False, value_high
     else:
         best_value = value_high
-        while low < high:
+        while low < high and time_left():
             middle = (low + high) // 2
             ok, value = passes(set(order[:middle]))
             if ok:
@@ -246,7 +287,7 @@ def search(
                 low = middle + 1
         kept, reached, final = set(order[:high]), True, best_value
         for name in sorted(kept, key=lambda n: (effects[n][0], effects[n][1]))[:MAX_REFINEMENTS]:
-            if len(kept) == 1:
+            if len(kept) == 1 or not time_left():
                 break
             ok, value = passes(kept - {name})
             if ok:
@@ -258,4 +299,4 @@ def search(
         if name in kept
     ]
     seconds = time.perf_counter() - start
-    return SearchResult(listed, reached, final, everything, judge.evaluations, seconds)
+    return SearchResult(listed, reached, final, everything, judge.evaluations, seconds, out_of_time)

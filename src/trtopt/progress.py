@@ -1,0 +1,59 @@
+"""Progress of long work (calibration, the automatic search, latency runs): tqdm's bar on a
+terminal, one line every few seconds where stderr is not one (CI logs), nothing when quiet."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tqdm import tqdm
+
+LOG_INTERVAL_S = 5.0
+"""Seconds between progress lines in a log (no terminal)."""
+
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence (or restore) every progress bar and line: ``--quiet``."""
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet
+
+
+class _LogLines(tqdm):
+    """tqdm's own status line, written as whole lines (no carriage returns) for logs."""
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+        self.fp.write((msg or self.__str__()) + "\n")
+        self.fp.flush()
+        return True
+
+
+@contextmanager
+def bar(description: str, total: int | None = None, unit: str = "it") -> Iterator[Any]:
+    """A progress bar for ``total`` steps; call ``.update(n)`` on what it yields."""
+    stream = sys.stderr
+    if _quiet:
+        with tqdm(total=total, disable=True) as disabled:
+            yield disabled
+        return
+    terminal = stream.isatty()
+    kind = tqdm if terminal else _LogLines
+    interval = 0.1 if terminal else LOG_INTERVAL_S
+    with kind(
+        total=total,
+        desc=description,
+        unit=unit,
+        file=stream,
+        mininterval=interval,
+        maxinterval=max(interval, 10.0),
+        ascii=not terminal,
+        dynamic_ncols=terminal,
+    ) as shown:
+        yield shown
