@@ -42,6 +42,7 @@ from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
 from .errors import UserError
 from .model import file_digest
 from .passes.base import PassContext
+from .staging import alive, owner, remove_dead_scratch
 
 log = logging.getLogger("trtopt.cache")
 
@@ -307,16 +308,6 @@ def _dir_bytes(path: Path) -> int:
     return total
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists
-        return True
-    return True
-
-
 class StageCache:
     """A cache folder; every method is safe to call from concurrent processes."""
 
@@ -375,7 +366,7 @@ class StageCache:
         """Write an entry: put files into ``writer.folder``, set ``writer.meta``; it becomes
         visible atomically when the block ends without an error. Failing to write a cache
         entry never fails the compile: it is logged and dropped."""
-        name, publish = f"{socket.gethostname()}-{os.getpid()}-", True
+        name, publish = owner(), True
         try:
             self._ensure()
             folder = Path(tempfile.mkdtemp(prefix=name, dir=self.tmp))
@@ -540,7 +531,7 @@ class StageCache:
                 old = now - path.stat().st_mtime > LEFTOVER_AGE_S
             except OSError:
                 continue
-            dead = owner_host == host and pid is not None and not _pid_alive(pid)
+            dead = owner_host == host and pid is not None and not alive(pid)
             if path.name.startswith("trash-") or dead or old:
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
@@ -649,5 +640,8 @@ def cache_info(cache_dir: str | Path | None = None) -> CacheInfo:
 
 
 def prune_cache(cache_dir: str | Path | None = None, max_size: int | None = None) -> PruneResult:
-    """Prune the stage cache (see :meth:`StageCache.prune`)."""
-    return StageCache(resolve_cache_dir(cache_dir)).prune(max_size)
+    """Prune the stage cache (see :meth:`StageCache.prune`); the scratch folders that killed
+    trtopt processes left in the system's temporary folder count as its leftovers."""
+    result = StageCache(resolve_cache_dir(cache_dir)).prune(max_size)
+    result.leftovers += remove_dead_scratch()
+    return result

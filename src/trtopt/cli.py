@@ -21,6 +21,7 @@ import trtopt
 
 from . import jsontext, progress
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
+from .staging import owner, remove_dead
 
 
 def _progress(message: str) -> None:
@@ -125,8 +126,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under the final names (a data file's name is recorded in the model) in a
-    # folder beside the output, then moved into place only once every file is complete.
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
+    # folder beside the output, then moved into place only once every file is complete. The
+    # folder is named with its owner: the next optimize removes those of killed processes.
+    remove_dead(out.parent, r"\..+\.optimize-")
+    prefix = f".{out.name}.optimize-{owner()}"
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=prefix) as staging:
         staged = Path(staging) / out.name
         files = trtopt.optimize_file(
             args.input,

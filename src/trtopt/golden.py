@@ -15,10 +15,13 @@ permissions (``numpy.savez`` stamps the current time), the JSON with sorted keys
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
+import secrets
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
+from .staging import owner, remove_dead
 
 GOLDEN_FORMAT = "trtopt-golden"
 GOLDEN_VERSION = 1
@@ -89,10 +93,22 @@ def _sha256(data: bytes) -> str:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
+    """Write a partial file beside ``path`` and rename it into place. The partial file is
+    removed when writing fails (a full disk) and named with its owner, so the next write
+    removes those that killed processes left."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
+    prefix = f".{path.name}.partial-"
+    remove_dead(path.parent, re.escape(prefix))
+    partial = path.with_name(prefix + owner() + secrets.token_hex(4))
+    stream = open(partial, "xb")  # noqa: SIM115 (closed below) the user's umask applies
+    try:
+        with stream:
+            stream.write(data)
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def write_golden(

@@ -8,7 +8,6 @@ import gc
 import hashlib
 import logging
 import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -79,6 +78,7 @@ from .stages import (
 from .stages import run as run_stage
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
+from .staging import scratch as scratch_folder
 from .staging import stage as stage_output
 
 log = logging.getLogger("trtopt")
@@ -171,7 +171,7 @@ def _optimized(
         source = model
     graph = graph_io.import_graph(source, base_dir)
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
-    with tempfile.TemporaryDirectory(prefix="trtopt-") as scratch, _quiet_polygraphy():
+    with scratch_folder("optimize") as scratch, _quiet_polygraphy():
         ctx = PassContext(scratch_dir=Path(scratch))
         if not verify:
             for pass_ in pipeline:
@@ -610,8 +610,7 @@ def _compile(
 
     staging = stage_output(out)
     try:
-        with tempfile.TemporaryDirectory(prefix="trtopt-scratch-") as scratch_name:
-            scratch = Path(scratch_name)
+        with scratch_folder("scratch") as scratch:
             ctx = WatchedContext(
                 scratch_dir=scratch,
                 feeds=data,

@@ -9,6 +9,7 @@ never when it is a file or a symlink, or holds any of the compile's own inputs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
@@ -16,7 +17,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .errors import UserError
@@ -83,10 +84,66 @@ def _umask() -> int:
     return mask
 
 
-def _owner() -> str:
-    """Host and process id in a temporary folder's name: a later compile can tell a leftover
-    of a killed process from the work of a running one."""
+def owner() -> str:
+    """Host and process id in a temporary file's or folder's name: a later run can tell a
+    leftover of a killed process from the work of a running one (:func:`remove_dead`)."""
     return f"{socket.gethostname()}-{os.getpid()}-"
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one owned by another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists
+        return True
+    return True
+
+
+def remove_dead(folder: Path, prefix: str) -> int:
+    """Remove what processes of this host that are gone left in ``folder``: files and folders
+    named ``prefix`` (a regular expression), then :func:`owner`, then a random tail. SIGKILL
+    runs no cleanup; this is the next run's. Returns how many were removed."""
+    pattern = re.compile(rf"^{prefix}{re.escape(socket.gethostname())}-(\d+)-[^-/]*$")
+    removed = 0
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return 0
+    for name in names:
+        match = pattern.match(name)
+        if not match or alive(int(match.group(1))):
+            continue
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed += 1
+    return removed
+
+
+SCRATCH_PREFIX = "trtopt-"
+"""Scratch folders in the system's temporary folder: ``trtopt-<kind>-<owner>XXXXXXXX``."""
+
+
+@contextlib.contextmanager
+def scratch(kind: str) -> Iterator[Path]:
+    """A private scratch folder in the system's temporary folder, removed when the block ends.
+
+    Named with its :func:`owner`, so the scratch folders of killed processes (of any kind) are
+    removed by the next one, and by :func:`remove_dead_scratch`."""
+    remove_dead_scratch()
+    prefix = f"{SCRATCH_PREFIX}{kind}-{owner()}"
+    with tempfile.TemporaryDirectory(prefix=prefix) as name:
+        yield Path(name)
+
+
+def remove_dead_scratch() -> int:
+    """Remove the :func:`scratch` folders that killed processes of this host left behind."""
+    return remove_dead(Path(tempfile.gettempdir()), rf"{re.escape(SCRATCH_PREFIX)}[a-z]+-")
 
 
 def stage(output_dir: Path) -> Path:
@@ -97,7 +154,7 @@ def stage(output_dir: Path) -> Path:
     """
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(output_dir)
-    prefix = f".{output_dir.name}.staging-{_owner()}"
+    prefix = f".{output_dir.name}.staging-{owner()}"
     staging = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
     # mkdtemp makes 0700 folders; an output folder gets the permissions the user's umask gives.
     os.chmod(staging, 0o777 & ~_umask())
@@ -110,22 +167,12 @@ def _recover(output_dir: Path) -> None:
     host = socket.gethostname()
     for path in sorted(output_dir.parent.iterdir()):
         match = pattern.match(path.name)
-        if not match or match.group(2) != host or _alive(int(match.group(3))):
+        if not match or match.group(2) != host or alive(int(match.group(3))):
             continue
         stranded = path / output_dir.name
         if match.group(1) == "old" and stranded.is_dir() and not output_dir.exists():
             os.rename(stranded, output_dir)
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -155,7 +202,7 @@ def commit(staging: Path, output_dir: Path) -> None:
         return
     backup = None
     if output_dir.exists():
-        prefix = f".{output_dir.name}.old-{_owner()}"
+        prefix = f".{output_dir.name}.old-{owner()}"
         backup = Path(tempfile.mkdtemp(prefix=prefix, dir=output_dir.parent))
         os.rename(output_dir, backup / output_dir.name)
     os.rename(staging, output_dir)
