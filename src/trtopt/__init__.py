@@ -5,6 +5,9 @@ Every CLI verb is a thin shell over these functions.
 
 from __future__ import annotations
 
+# First: when trtopt runs as a program, Ctrl-C while the rest loads is exit 130, quietly.
+from . import interrupt as _interrupt  # noqa: F401  # isort: skip
+
 __version__ = "0.1.0"
 
 from .batch import BatchResult, compile_many, summary_table, worst_exit_code

@@ -19,7 +19,7 @@ import yaml
 
 import trtopt
 
-from . import jsontext, progress
+from . import interrupt, jsontext, progress
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
 from .staging import owner, remove_dead
 
@@ -509,6 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminated)
     try:
+        interrupt.startup_done()  # from here Ctrl-C is KeyboardInterrupt, handled below
         return args.func(args)
     except TrtoptError as error:
         if args.debug:
@@ -520,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return interrupt.EXIT_INTERRUPTED
     except OSError as error:
         # A folder that cannot be written, a full disk: the user's to fix, named by its path.
         if error.errno not in _ENVIRONMENT_ERRNOS:
