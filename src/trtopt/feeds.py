@@ -46,11 +46,42 @@ def model_inputs(model: onnx.ModelProto) -> list[InputInfo]:
     for value in model.graph.input:
         if value.name in initializers:
             continue
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise DataError(
+                f"model input '{value.name}' is a {_type_text(value.type)}, not a tensor; "
+                "trtopt feeds tensors only"
+            )
         tensor = value.type.tensor_type
         dims: tuple[Dim, ...] = tuple(declared_dim(d) for d in tensor.shape.dim)
-        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"model input '{value.name}' has element type {tensor.elem_type}, "
+                "which is no ONNX tensor type NumPy can hold"
+            ) from None
         inputs.append(InputInfo(value.name, dtype, dims))
     return inputs
+
+
+def _type_text(type_: onnx.TypeProto) -> str:
+    """An ONNX value type as a user reads it: ``sequence(tensor(float))``, ``map(...)``."""
+    kind = type_.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        inner = getattr(type_, kind)
+        elem = onnx.helper.tensor_dtype_to_string(inner.elem_type).removeprefix("TensorProto.")
+        word = "tensor" if kind == "tensor_type" else "sparse_tensor"
+        return f"{word}({elem.lower()})"
+    if kind == "sequence_type":
+        return f"sequence({_type_text(type_.sequence_type.elem_type)})"
+    if kind == "optional_type":
+        return f"optional({_type_text(type_.optional_type.elem_type)})"
+    if kind == "map_type":
+        key = onnx.helper.tensor_dtype_to_string(type_.map_type.key_type)
+        key = key.removeprefix("TensorProto.").lower()
+        return f"map({key}, {_type_text(type_.map_type.value_type)})"
+    return kind or "value of no declared type"
 
 
 def concrete_shape(info: InputInfo, dims: Mapping[str, int]) -> tuple[int, ...]:
@@ -74,6 +105,17 @@ def synthetic_feeds(
     their declared dims, symbolic ones from ``dims``."""
     metadata = TensorMetadata()
     for info in inputs:
+        if info.dtype.kind not in "biuf":  # strings, bfloat16, float8: none drawn at random
+            try:
+                onnx_type = onnx.helper.np_dtype_to_tensor_dtype(info.dtype)
+                name = onnx.helper.tensor_dtype_to_string(onnx_type)
+            except (KeyError, TypeError, ValueError):
+                name = str(info.dtype)
+            raise DataError(
+                f"model input '{info.name}' is a tensor of "
+                f"{name.removeprefix('TensorProto.').lower()}, for which no "
+                "synthetic data can be drawn; give data for it (check.data, data.calibration)"
+            )
         shape = tuple((shapes or {}).get(info.name) or concrete_shape(info, dims))
         metadata.add(info.name, dtype=info.dtype, shape=shape)
     loader = DataLoader(

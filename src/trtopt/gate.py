@@ -24,7 +24,7 @@ from . import accuracy, feeds
 from .backends.onnxruntime import session_loader
 from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from .golden import Golden, GoldenError, load_golden
-from .model import model_sha256
+from .model import load_model, model_sha256
 from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds
 from .report import format_limit, format_metric, format_value
 
@@ -354,7 +354,7 @@ def check(
     loaded = load_golden(golden_path)
     path = _artifact_file(recipe, artifact)
     runner, onnx_path, checked = _runner(path, recipe)
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = load_model(onnx_path, external_data=False)  # not ONNX: exit 2, named
     model_sha = model_sha256(Path(recipe.model)) if recipe else None
     what = f"the recipe's model {recipe.model}" if recipe else "the artifact"
     if recipe is not None:  # the reference itself: sha256 and inputs

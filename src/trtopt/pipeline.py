@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from . import accuracy, feeds, gate, graph_io, latency, report
 from . import html as html_report
 from .backends import BuildResult, get_backend
+from .backends import onnxruntime as ort_backend
 from .backends.onnxruntime import session_loader
 from .backends.profiles import derive_profiles
 from .backends.tensorrt import BackendOptionError
@@ -49,6 +50,7 @@ from .errors import (
     EXIT_USER,
     BackendUnavailableError,
     DataError,
+    ModelError,
     PassError,
     RecipeError,
     TrtoptError,
@@ -344,7 +346,12 @@ class _Reference:
     """The original model on ONNX Runtime CPU, and its outputs on the check feeds."""
 
     def __init__(self, model_path: Path, data: list[feeds.Feed]) -> None:
-        self.runner = OnnxrtRunner(session_loader(model_path), name="reference")
+        try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
+            session = session_loader(model_path)()
+        except ort_backend.LOAD_ERRORS as error:
+            model = onnx.load(str(model_path), load_external_data=False)
+            raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
+        self.runner = OnnxrtRunner(session, name="reference")
         self.outputs = accuracy.run(self.runner, data)
 
 
