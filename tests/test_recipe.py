@@ -152,6 +152,16 @@ def test_set_error_names_the_flag(write_recipe):
         trtopt.load_recipe(write_recipe(BASE), overrides=["check.samples"])
 
 
+@pytest.mark.parametrize("key", ["check..samples", ".check.samples", "check.samples."])
+def test_set_with_an_empty_key_is_blamed_on_the_flag(write_recipe, key):
+    """Was blamed on the recipe's `check:` line ("recipe.yaml:16:1: unknown key ''")."""
+    with pytest.raises(RecipeError) as info:
+        trtopt.load_recipe(write_recipe(BASE), overrides=[f"{key}=1"])
+    assert str(info.value) == (
+        f"--set {key}=1: '{key}' has an empty key (a doubled, leading or trailing dot)"
+    )
+
+
 def test_threshold_resolution_per_output(write_recipe):
     text = BASE + "  outputs:\n    logits: {class_scores: true, thresholds: {min_top1: 0.9}}\n"
     recipe = trtopt.load_recipe(write_recipe(text))

@@ -495,7 +495,13 @@ def parse_override(text: str, cwd: Path) -> tuple[KeyPath, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError("expected KEY=VALUE", f"--set {text}")
-    path: KeyPath = tuple(int(k) if k.isdigit() else k for k in key.strip().split("."))
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise RecipeError(
+            f"'{key.strip()}' has an empty key (a doubled, leading or trailing dot)",
+            f"--set {text}",
+        )
+    path: KeyPath = tuple(int(k) if k.isdigit() else k for k in keys)
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
