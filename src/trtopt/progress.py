@@ -3,6 +3,7 @@ terminal, one line every few seconds where stderr is not one (CI logs), nothing 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,8 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-LOG_INTERVAL_S = 5.0
-"""Seconds between progress lines in a log (no terminal)."""
+LOG_INTERVAL_S = float(os.environ.get("TRTOPT_PROGRESS_SECONDS", "5"))
+"""Seconds between progress lines in a log (no terminal), and before the first: work that
+ends sooner prints nothing. $TRTOPT_PROGRESS_SECONDS sets it."""
 
 _quiet = False
 
@@ -55,5 +57,7 @@ def bar(description: str, total: int | None = None, unit: str = "it") -> Iterato
         maxinterval=max(interval, 10.0),
         ascii=not terminal,
         dynamic_ncols=terminal,
+        # Work that ends sooner shows nothing (a quick compile's log stays clean).
+        delay=interval if terminal else LOG_INTERVAL_S,
     ) as shown:
         yield shown
