@@ -175,6 +175,10 @@ def _optimized(
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
     with scratch_folder("optimize") as scratch, _quiet_polygraphy():
         ctx = PassContext(scratch_dir=Path(scratch))
+        if verify and _large(graph):
+            # As in a compile: saving and running every stage of it costs more than the passes.
+            log.info("stages of a model over 1 GiB are not proven one by one")
+            verify = False
         if not verify:
             for pass_ in pipeline:
                 graph = run_pass(pass_, graph, ctx)
