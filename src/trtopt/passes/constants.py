@@ -28,17 +28,21 @@ class FoldConstants(Pass):
         them wrong)."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-        if self.options.fold_shapes:
-            # ONNX's own inference (not ONNX Runtime's symbolic one, whose auto-merge may equate
-            # dims that differ): a dim is static here only if every valid run has it.
-            shapes, _ = computed_shapes(graph, symbolic=False)
-            fold_shapes(graph, shapes)
+        self._fold_shapes(graph)
         for _ in range(MAX_ROUNDS):
-            if not fold(graph, self.options.size_threshold) or not self.options.fold_shapes:
+            if not fold(graph, self.options.size_threshold):
                 break
             prune(graph)
             # What folded may make more shapes static (a Reshape to a folded target).
-            shapes, _ = computed_shapes(graph, symbolic=False)
-            if not fold_shapes(graph, shapes):
+            if not self._fold_shapes(graph):
                 break
         return prune(graph)
+
+    def _fold_shapes(self, graph: gs.Graph) -> int:
+        """Shape nodes with static inputs to constants (how many), by ONNX's own inference
+        (not ONNX Runtime's symbolic one, whose auto-merge may equate dims that differ): a dim
+        is static here only if every valid run has it. No Shape node: no inference."""
+        if not self.options.fold_shapes or not any(n.op == "Shape" for n in graph.nodes):
+            return 0
+        shapes, _ = computed_shapes(graph, symbolic=False)
+        return fold_shapes(graph, shapes)
