@@ -4,6 +4,7 @@ hits and misses, damage, settings precedence, concurrent writers, `trtopt cache 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -151,6 +152,62 @@ def test_plugin_code_joins_the_key(tmp_path, write_recipe):
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert _cached(report) == [False] and report["passes"][0]["details"] == {"n": 2}
+
+
+USES_HELPER = """
+from trtopt import Pass, register_pass
+
+import feeds_helper
+
+
+@register_pass("helped")
+class Helped(Pass):
+    \"\"\"Note what the helper module beside the plugin says (and change nothing).\"\"\"
+
+    def run(self, graph, ctx):
+        ctx.details["said"] = feeds_helper.SAID
+        return graph
+"""
+
+
+def test_a_plugin_helper_module_joins_the_key(tmp_path, write_recipe):
+    """A helper module the plugin imports from its folder is plugin code: editing it is a
+    miss, not a stale hit (each compile a fresh process, so the edit is imported)."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "helped.py").write_text(USES_HELPER)
+    (folder / "feeds_helper.py").write_text('SAID = "first"\n')
+    path = write_recipe(_recipe(tmp_path, passes=["helped"], plugins=[str(folder / "helped.py")]))
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")]))}
+    assert run_cli("compile", str(path), env=env).returncode == 0
+    (folder / "feeds_helper.py").write_text('SAID = "second"\n')
+    result = run_cli("compile", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert _cached(report) == [False] and report["passes"][0]["details"] == {"said": "second"}
+
+
+def test_plugin_files_follow_imports_within_the_plugin_folder(tmp_path):
+    root = tmp_path / "plugins"
+    (root / "pkg").mkdir(parents=True)
+    plugin = root / "plugin.py"
+    plugin.write_text(
+        "import os, helper\nfrom pkg import sub\nfrom . import rel\nfrom .. import outside\n"
+        "def later():\n    import lazy\n"
+    )
+    (root / "helper.py").write_text("from pkg.deep import thing\n")  # transitive
+    (root / "pkg" / "__init__.py").write_text("")
+    (root / "pkg" / "sub.py").write_text("")
+    (root / "pkg" / "deep.py").write_text("import numpy\n")
+    (root / "rel.py").write_text("")
+    (root / "lazy.py").write_text("")
+    (root / "unused.py").write_text("")
+    (tmp_path / "outside.py").write_text("")  # not under the plugin's folder
+    found = {p.relative_to(root).as_posix() for p in stage_cache.plugin_files(plugin)}
+    assert found == {
+        "plugin.py", "helper.py", "pkg/__init__.py", "pkg/sub.py", "pkg/deep.py", "rel.py",
+        "lazy.py",
+    }  # fmt: skip
 
 
 def test_library_versions_join_the_key(tmp_path, write_recipe, monkeypatch):

@@ -18,6 +18,7 @@ and hash, so a damaged entry is a miss, never a wrong result. Pruning renames an
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -132,8 +133,9 @@ def environment() -> dict[str, str | None]:
 
 
 def code_digest(cls: type) -> str:
-    """Hash of the file defining a pass when it lives outside trtopt (a plugin); built-in
-    passes are covered by :func:`environment`."""
+    """Hash of the code of a pass that lives outside trtopt (a plugin): its file and every
+    file it imports from its own folder (:func:`plugin_files`); built-in passes are covered
+    by :func:`environment`."""
     module = sys.modules.get(cls.__module__)
     source = getattr(module, "__file__", None)
     if source is None:
@@ -141,7 +143,65 @@ def code_digest(cls: type) -> str:
     path = Path(source).resolve()
     if path.is_relative_to(Path(__file__).resolve().parent):
         return "builtin"
-    return file_digest(path) if path.is_file() else str(path)
+    if not path.is_file():
+        return str(path)
+    files = plugin_files(path)
+    return digest({str(f.relative_to(path.parent)): file_digest(f) for f in files})
+
+
+def plugin_files(path: Path) -> list[Path]:
+    """A plugin file and the files it imports from its folder tree, transitively: what
+    ``import x``, ``from x import y`` and ``from . import y`` name that is a module (``.py``
+    or a package's ``__init__.py``) under the plugin's folder. Read with ``ast``, never run;
+    a file that does not parse counts with its bytes alone."""
+    root = path.resolve().parent
+    found = [path.resolve()]
+    index = 0
+    while index < len(found):
+        current = found[index]
+        index += 1
+        for module in _imported_modules(current, root):
+            if module not in found:
+                found.append(module)
+    return found
+
+
+def _imported_modules(path: Path, root: Path) -> Iterator[Path]:
+    """The files under ``root`` that the imports in ``path`` may load."""
+    try:
+        tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield from _module_files(root, alias.name.split("."), root)
+        elif isinstance(node, ast.ImportFrom):
+            base = root
+            if node.level:  # relative to the importing file's package
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+            parts = node.module.split(".") if node.module else []
+            yield from _module_files(base, parts, root)
+            for alias in node.names:  # `from pkg import module`
+                if alias.name != "*":
+                    yield from _module_files(base, [*parts, alias.name], root)
+
+
+def _module_files(base: Path, parts: Sequence[str], root: Path) -> Iterator[Path]:
+    """The files importing ``parts`` (a dotted name) from ``base`` runs, as far as they lie
+    under ``root``: each package's ``__init__.py`` on the way and the module itself."""
+    folder = base
+    for i, part in enumerate(parts):
+        candidates = [folder / part / "__init__.py"]
+        if i == len(parts) - 1:
+            candidates.append(folder / f"{part}.py")
+        for candidate in candidates:
+            resolved = candidate.resolve()
+            if resolved.is_file() and resolved.is_relative_to(root):
+                yield resolved
+        folder = folder / part
 
 
 def feeds_digest(feeds: Iterable[Mapping[str, np.ndarray]]) -> str:
