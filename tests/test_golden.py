@@ -50,7 +50,7 @@ def test_update_writes_inputs_reference_outputs_and_metadata(fresh):
     for outputs, (logits,) in zip(golden.outputs, expected, strict=True):
         np.testing.assert_allclose(outputs["logits"], logits, atol=1e-5)
     meta = json.loads(metadata_path(golden.path).read_text())
-    assert meta["format"] == "trtopt-golden" and meta["version"] == 1
+    assert meta["format"] == "trtopt-golden" and meta["version"] == 2
     assert meta["recipe"] == "quickstart"
     assert meta["model"]["sha256"] == hashlib.sha256(QUICKSTART_MODEL.read_bytes()).hexdigest()
     assert meta["data"]["source"] == "check.data: synthetic (seed 0)"
@@ -198,3 +198,68 @@ def test_unknown_golden_version_exits_2(tmp_path, check):
     metadata_path(golden).write_text(json.dumps(meta))
     result = check("--golden", str(golden))
     assert result.returncode == EXIT_USER and "version 99" in result.stderr
+
+
+def _edit(golden: Path, edit) -> None:
+    meta = json.loads(metadata_path(golden).read_text())
+    edit(meta)
+    metadata_path(golden).write_text(json.dumps(meta))
+
+
+def _loosen(meta: dict) -> None:
+    meta["thresholds"]["logits"].update(max_abs=1e9, min_cosine=-1)
+
+
+@pytest.mark.parametrize(
+    ("edit", "differs"),
+    [
+        (_loosen, ["thresholds.logits.max_abs is 1000000000.0, was 0.0001",
+                   "thresholds.logits.min_cosine is -1, was 0.99999"]),
+        (lambda m: m.update(class_scores=[]), ['class_scores is [], was ["logits"]']),
+        (lambda m: m.update(top_k={"logits": 1}), ["top_k.logits is 1, was 5"]),
+        (lambda m: m.update(error_quantile=0.5), ["error_quantile is 0.5, was 0.99"]),
+        (lambda m: m["thresholds"].pop("logits"), ["thresholds.logits is missing, was {"]),
+        (lambda m: m["model"].update(sha256="0" * 64), ["model.sha256 is"]),
+    ],
+    ids=["loosened", "class_scores", "top_k", "quantile", "dropped", "model"],
+)  # fmt: skip
+def test_edited_golden_gating_metadata_exits_2_naming_what_differs(tmp_path, cli, edit, differs):
+    """The thresholds and output kinds a check without a recipe gates on are recorded in the
+    npz too: loosening them in the .json no longer turns a failing check into a pass."""
+    golden = _copy(tmp_path)
+    _edit(golden, edit)
+    result = cli("check", "--artifact", str(QUICKSTART_MODEL), "--golden", str(golden))
+    assert result.returncode == EXIT_USER, result.stdout
+    assert f"{metadata_path(golden)}: edited golden metadata" in result.stderr
+    for text in differs:
+        assert text in result.stderr
+    assert "golden update quickstart.yaml" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [
+        (lambda m: m["thresholds"]["logits"].update(max_abs=-1), "thresholds.logits.max_abs:"),
+        (lambda m: m["thresholds"]["logits"].update(max_abs="x"), "thresholds.logits.max_abs:"),
+        (lambda m: m["thresholds"]["logits"].update(max_abs=[1]), "thresholds.logits.max_abs:"),
+        (lambda m: m["thresholds"]["logits"].update(min_top1=2), "thresholds.logits.min_top1:"),
+        (
+            lambda m: m["thresholds"]["logits"].update(max_abss=1),
+            "unknown key 'thresholds.logits.max_abss'",
+        ),
+        (lambda m: m["thresholds"].update(logits=0.1), "thresholds.logits:"),
+        (lambda m: m.update(thresholds=[]), "thresholds:"),
+        (lambda m: m.update(class_scores="logits"), "class_scores:"),
+        (lambda m: m.update(top_k={"logits": 0}), "top_k.logits:"),
+        (lambda m: m.update(error_quantile=2), "error_quantile:"),
+        (lambda m: m.update(threshold={}), "unknown key 'threshold'; did you mean 'thresholds'?"),
+    ],
+)  # fmt: skip
+def test_invalid_golden_metadata_exits_2_naming_file_and_key(tmp_path, cli, edit, named):
+    """The .json is checked with the recipe's own models (Thresholds): exit 2, not 3."""
+    golden = _copy(tmp_path)
+    _edit(golden, edit)
+    result = cli("check", "--artifact", str(QUICKSTART_MODEL), "--golden", str(golden))
+    assert result.returncode == EXIT_USER, result.stderr
+    assert f"{metadata_path(golden)}: {named}" in result.stderr
+    assert "Traceback" not in result.stderr and "internal error" not in result.stderr

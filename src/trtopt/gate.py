@@ -54,17 +54,15 @@ class GateSettings:
 
     @classmethod
     def from_golden(cls, golden: Golden) -> GateSettings:
-        """What the recipe that wrote the golden file gated on."""
-        meta = golden.meta
-        recorded = {
-            name: Thresholds.model_validate(values)
-            for name, values in (meta.get("thresholds") or {}).items()
-        }
+        """What the recipe that wrote the golden file gated on (validated and checked
+        against what its npz recorded when it was loaded)."""
+        gate = golden.gate
+        recorded = dict(gate.thresholds)
         return cls(
             lambda name: recorded.get(name, DEFAULT_THRESHOLDS),
-            set(meta.get("class_scores") or []),
-            dict(meta.get("top_k") or {}),
-            float(meta.get("error_quantile") or accuracy.DEFAULT_QUANTILE),
+            set(gate.class_scores),
+            dict(gate.top_k),
+            gate.error_quantile,
         )
 
     def compare(

@@ -33,6 +33,10 @@ SEED_LIMIT = 2**32
 """Seeds are NumPy's: 0 <= seed < 2**32."""
 
 Dim = Annotated[int, Field(ge=1)] | Annotated[str, Field(min_length=1)]
+TopK = Annotated[int, Field(ge=1)]
+"""k of a top-k agreement."""
+Quantile = Annotated[float, Field(gt=0, lt=1)]
+"""A quantile strictly between 0 and 1."""
 
 
 class Strict(BaseModel):
@@ -251,7 +255,7 @@ DEFAULT_THRESHOLDS = Thresholds(max_abs=1e-3, min_cosine=0.9999)
 class OutputSpec(Strict):
     class_scores: bool = False
     """The output holds class scores along its last axis: top-1 agreement is measured."""
-    top_k: Annotated[int, Field(ge=1)] = 5
+    top_k: TopK = 5
     """k of the top-k agreement measured for class scores."""
     thresholds: Thresholds = Thresholds()
 
@@ -285,7 +289,7 @@ class CheckSpec(Strict):
     """Run the check inputs after every pass and name the first pass that breaks numerics."""
     latency_runs: Annotated[int, Field(ge=0)] = 20
     """Timed runs of reference and artifact on ONNX Runtime CPU; 0 skips latency."""
-    error_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    error_quantile: Quantile = 0.99
     """Which quantile of the absolute error ``quantile_abs`` measures (0.99: p99)."""
     golden: str | None = None
     """Golden file (``trtopt golden update`` writes it): inputs and reference outputs that
