@@ -240,11 +240,18 @@ def op_reshape(b: Builder, s: Scope, v: Value) -> Value:
 
 
 def _shape_of(b: Builder, s: Scope, v: Value, start: int, end: int) -> str:
-    """v's dims start:end as an int64 tensor, by Shape(start, end), Slice or Gather."""
-    how = b.draw(st.sampled_from(["attrs", "slice", "gather"]))
+    """v's dims start:end as an int64 tensor, by Shape(start, end), Slice, Gather, or dim by
+    dim as exporters write it (Gather of a scalar index, Unsqueeze, Concat)."""
+    how = b.draw(st.sampled_from(["attrs", "slice", "gather", "scalars"]))
     if how == "attrs" and b.opset >= 15:
         return b.node(s, "Shape", [v.name], start=start, end=end)[0]
     shape = b.node(s, "Shape", [v.name])[0]
+    if how == "scalars":
+        dims = []
+        for i in range(start, end):
+            dim = b.node(s, "Gather", [shape, b.const(s, np.array(i, np.int64))], axis=0)[0]
+            dims.append(b.node(s, "Unsqueeze", [dim, b.ints(s, [0])])[0])
+        return dims[0] if len(dims) == 1 else b.node(s, "Concat", dims, axis=0)[0]
     if how == "gather":
         return b.node(s, "Gather", [shape, b.ints(s, list(range(start, end)))], axis=0)[0]
     return b.node(s, "Slice", [shape, b.ints(s, [start]), b.ints(s, [end])])[0]
@@ -535,9 +542,22 @@ def op_function(b: Builder, s: Scope, v: Value) -> Value | None:
     second = b.draw(st.sampled_from(others)) if others and b.draw(st.booleans()) else None
     if second is not None:
         body.values.append(Value("Y", second.shape))
-    end = _sub_chain(b, body, param, 1, 4)
+    start, attributes = param, []
+    if b.draw(st.booleans()):  # X scaled by the call's attribute alpha (Constant @alpha)
+        alpha = b.name("alpha_")
+        constant = helper.make_node("Constant", [], [alpha], name=b.name("n_"))
+        reference = helper.make_attribute_ref("value_float", onnx.AttributeProto.FLOAT)
+        reference.ref_attr_name = "alpha"
+        constant.attribute.append(reference)
+        body.nodes.append(constant)
+        start, attributes = Value(b.node(body, "Mul", ["X", alpha])[0], v.shape), ["alpha"]
+    end = _sub_chain(b, body, start, 1, 4)
     if end.name in ("X", "Y"):
         end = Value(b.node(body, "Identity", [end.name])[0], end.shape)
+    inner = [w for w in body.values if w.name not in ("X", "Y", end.name)]
+    results = [end]
+    if inner and b.draw(st.booleans()):  # a second output, which the caller may not read
+        results.append(b.draw(st.sampled_from(inner)))
     name = f"F{len(b.functions)}"
     inputs = ["X"] if second is None else ["X", "Y"]
     b.functions.append(
@@ -545,17 +565,25 @@ def op_function(b: Builder, s: Scope, v: Value) -> Value | None:
             FUNCTION_DOMAIN,
             name,
             inputs,
-            [end.name],
+            [r.name for r in results],
             body.nodes,
             [helper.make_opsetid("", b.opset), helper.make_opsetid(FUNCTION_DOMAIN, 1)],
+            attributes=attributes,
         )
     )
+
+    def call(args: list[str]) -> Value:
+        attrs = {"alpha": b.draw(st.sampled_from([0.5, 1.0, 2.0]))} if attributes else {}
+        outs = b.node(s, name, args, len(results), domain=FUNCTION_DOMAIN, **attrs)
+        if len(outs) > 1 and b.draw(st.booleans()):
+            s.values.append(Value(outs[1], results[1].shape))
+        return Value(outs[0], end.shape)
+
     args = [v.name] if second is None else [v.name, second.name]
-    out = b.node(s, name, args, domain=FUNCTION_DOMAIN)[0]
-    result = Value(out, end.shape)
+    result = call(args)
     if end.shape == v.shape and b.draw(st.booleans()):  # a second call site
         s.values.append(result)
-        result = Value(b.node(s, name, [out, *args[1:]], domain=FUNCTION_DOMAIN)[0], end.shape)
+        result = call([result.name, *args[1:]])
     return result
 
 
@@ -876,4 +904,7 @@ def test_layernorm_over_an_empty_axis_is_not_fused() -> None:
         _layernorm("x", "y"), {"y": (2, 0)}, opset=17, shape=(2, 0),
         initializers=[*_scalars(two=2.0, eps=1e-5), *empty],
     )  # fmt: skip
+    assert_keeps_outputs(model, _x((2, 0)), ["fuse-layernorm", "default"])
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "n"  # known from gamma only
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "n"
     assert_keeps_outputs(model, _x((2, 0)), ["fuse-layernorm", "default"])

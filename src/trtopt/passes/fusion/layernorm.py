@@ -69,7 +69,8 @@ class FuseLayerNorm(OpsetRaisingFusion):
         if isinstance(found, str):
             return found
         axis, dims = found
-        if 0 in dims:  # ONNX Runtime: "Size of X.shape[axis:] must be at least 1, got 0"
+        # ONNX Runtime: "Size of X.shape[axis:] must be at least 1, got 0"
+        if 0 in dims or any(match.value(k).size == 0 for k in ("gamma", "beta") if k in match):
             return f"the normalized dims {dims} are empty (LayerNormalization needs an element)"
         if match.value("eps").size != 1:
             return "epsilon is not a scalar"
