@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import trtopt
@@ -150,3 +151,72 @@ def test_a_folder_that_cannot_be_written_is_exit_2_naming_it(
     assert main(["compile", str(_recipe(tmp_path)), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert shown in err and "internal error" not in err, err
+
+
+SILENT_GATES = """\
+name: silent
+model: {model}
+inputs:
+  pixel_values: {{shape: [n, 3, 32, 32], range: [0.0, 1.0]}}
+passes: [cleanup]
+check:
+  samples: 1
+  latency_runs: 0
+  dims: {{n: 1, batch: 1}}
+  outputs:
+    logits: {{class_scores: true}}
+  golden: {golden}
+output: {out}
+"""
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            ("    logits: {", "    logit: {"),
+            "recipe.yaml:11:5: check.outputs names 'logit', which is not a model output; "
+            "did you mean 'logits'?; the model's outputs are ['logits']",
+        ),
+        (
+            ("dims: {n: 1, batch: 1}", "dims: {n: 1, batchh: 1}"),
+            "recipe.yaml:9:16: check.dims sets 'batchh', which no input's shape names; "
+            "did you mean 'batch'?; the symbolic dims are ['batch', 'n']",
+        ),
+        (
+            ("  pixel_values: {", "  pixel_value: {"),
+            "recipe.yaml:4:3: no model input named 'pixel_value'; did you mean 'pixel_values'?",
+        ),
+    ],
+    ids=["output", "dim", "input"],
+)
+@pytest.mark.parametrize("verb", ["compile", "check", "golden"])
+def test_a_recipe_naming_what_the_model_lacks_exits_2_with_place_and_closest_name(
+    tmp_path, capsys, verb, edit, message
+):
+    """A misspelt check.outputs key switched its gate off, a misspelt check.dims key was
+    ignored: every name a recipe gives the model is checked against it, by every verb that
+    loads the model. A dim the recipe names in inputs.<x>.shape ('n') is a dim too."""
+    text = SILENT_GATES.format(
+        model=QUICKSTART_MODEL, golden=ROOT / "golden" / "quickstart.npz", out=tmp_path / "out"
+    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text.replace(*edit))
+    args = {
+        "compile": ["compile", str(recipe), "--no-cache"],
+        "check": ["check", str(recipe), "--artifact", str(QUICKSTART_MODEL)],
+        "golden": ["golden", "update", str(recipe), "-o", str(tmp_path / "g.npz")],
+    }[verb]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path}/{message}" in err, err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "g.npz").exists()
+
+
+def test_dims_a_recipe_shape_names_and_the_models_outputs_pass_the_name_check(tmp_path):
+    from trtopt.pipeline import check_model_names
+
+    text = SILENT_GATES.format(model=QUICKSTART_MODEL, golden="g.npz", out=tmp_path / "out")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    check_model_names(onnx.load(QUICKSTART_MODEL), trtopt.load_recipe(recipe))

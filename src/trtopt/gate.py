@@ -334,7 +334,7 @@ def check(
     recorded. Raises GoldenError/UserError (exit 2) when a file is missing or does not fit; a
     failed threshold is a result (``exit_code`` 1).
     """
-    from .pipeline import _quiet_polygraphy
+    from .pipeline import _quiet_polygraphy, check_model_names
     from .recipe import load_recipe
 
     if recipe is None and artifact is None:
@@ -357,6 +357,7 @@ def check(
     what = f"the recipe's model {recipe.model}" if recipe else "the artifact"
     if recipe is not None:  # the reference itself: sha256 and inputs
         source = onnx.load(recipe.model, load_external_data=False)
+        check_model_names(source, recipe)
         verify_golden(loaded, source, what, model_sha, False, recipe.file)
     verify_golden(loaded, model, f"the artifact {onnx_path}", None, True, recipe and recipe.file)
     settings = GateSettings.from_recipe(recipe) if recipe else GateSettings.from_golden(loaded)

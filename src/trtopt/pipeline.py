@@ -270,16 +270,52 @@ def optimize_file(
     return graph_io.save_graph(graph, Path(output), source, _version(), external_data)
 
 
-def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
-    """Write the recipe's declared input shapes into the model."""
+def check_model_names(model: onnx.ModelProto, recipe: Recipe) -> None:
+    """Refuse a recipe naming what ``model`` lacks (a misspelt name would silently switch off
+    what it sets): an ``inputs`` key that is no model input, a ``check.outputs`` key that is
+    no model output, a ``check.dims`` key that no input's shape names (in the model, or as a
+    string in ``inputs.<x>.shape``). Each error names the recipe's line and the closest name."""
     inputs = {value.name: value for value in model.graph.input}
-    for name, spec in recipe.inputs.items():
+    for name in recipe.inputs:
         if name not in inputs:
             raise DataError(
                 f"no model input named '{name}'{did_you_mean(name, inputs)}; "
                 f"the model takes {[i.name for i in feeds.model_inputs(model)]}",
                 recipe.place("inputs", name),
             )
+    outputs = [value.name for value in model.graph.output]
+    for name in recipe.check.outputs:
+        if name not in outputs:
+            raise RecipeError(
+                f"check.outputs names '{name}', which is not a model output"
+                f"{did_you_mean(name, outputs)}; the model's outputs are {outputs}",
+                recipe.place("check", "outputs", name),
+            )
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    dims = {
+        dim.dim_param
+        for value in model.graph.input
+        if value.name not in initializers
+        for dim in value.type.tensor_type.shape.dim
+        if dim.HasField("dim_param") and dim.dim_param
+    }
+    dims |= {d for spec in recipe.inputs.values() for d in spec.shape or () if isinstance(d, str)}
+    for name in recipe.check.dims:
+        if name not in dims:
+            named = f"the symbolic dims are {sorted(dims)}" if dims else "no input has one"
+            raise RecipeError(
+                f"check.dims sets '{name}', which no input's shape names"
+                f"{did_you_mean(name, sorted(dims))}; {named}",
+                recipe.place("check", "dims", name),
+            )
+
+
+def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
+    """Write the recipe's declared input shapes into the model, once its names are checked
+    against the model (:func:`check_model_names`)."""
+    check_model_names(model, recipe)
+    inputs = {value.name: value for value in model.graph.input}
+    for name, spec in recipe.inputs.items():
         if spec.shape is None:
             continue
         shape = inputs[name].type.tensor_type.shape
