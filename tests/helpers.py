@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "tests" / "models"
 EXPORTED = sorted(MODELS.glob("*.onnx"))
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
+QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
 
 # Synthetic value ranges that are valid for the committed models (BERT's vocabulary is 100).
 RANGES = {"input_ids": (0, 99), "attention_mask": (0, 1), "pixel_values": (0.0, 1.0)}
@@ -60,3 +62,20 @@ def run_cli(
         env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         timeout=300,
     )
+
+
+def hostile_recipe(tmp_path: Path, **changes: object) -> Path:
+    """A one-sample quickstart recipe with ``changes``, written as tmp_path/recipe.yaml (as
+    JSON, which YAML reads): the base the hostile-input tests break one thing of."""
+    recipe = {
+        "name": "hostile",
+        "model": str(QUICKSTART_MODEL),
+        "inputs": {"pixel_values": {"range": [0.0, 1.0]}},
+        "passes": ["cleanup"],
+        "check": {"samples": 1, "dims": {"batch": 1}, "latency_runs": 0},
+        "output": str(tmp_path / "out"),
+        **changes,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe))
+    return path

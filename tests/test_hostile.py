@@ -6,41 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import uuid
 from pathlib import Path
 
 import pytest
 
 import trtopt
-from helpers import ROOT
+from helpers import QUICKSTART_MODEL, ROOT, hostile_recipe
 from trtopt.cache import MANIFEST, StageCache, plain_name
 from trtopt.cli import main
 
-QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm():
-    """main() installs a SIGTERM handler; give the test process its own back."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
+pytestmark = pytest.mark.usefixtures("keep_sigterm")
 
 
 def _recipe(tmp_path: Path, **changes: object) -> Path:
-    recipe = {
-        "name": "hostile",
-        "model": str(QUICKSTART_MODEL),
-        "inputs": {"pixel_values": {"range": [0.0, 1.0]}},
-        "passes": ["cleanup", "fold-constants"],
-        "check": {"samples": 1, "dims": {"batch": 1}, "latency_runs": 0},
-        "output": str(tmp_path / "out"),
-        **changes,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(json.dumps(recipe))
-    return path
+    return hostile_recipe(tmp_path, **{"passes": ["cleanup", "fold-constants"], **changes})
 
 
 def _entries(root: Path) -> list[Path]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,40 +15,17 @@ import pytest
 from onnx import helper, numpy_helper
 
 import trtopt
-from helpers import ROOT
+from helpers import QUICKSTART_MODEL, hostile_recipe
 from trtopt import jsontext
 from trtopt.cli import main
 
-QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm():
-    """main() installs a SIGTERM handler; give the test process its own back."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _recipe(tmp_path: Path, **changes: object) -> Path:
-    recipe = {
-        "name": "hostile",
-        "model": str(QUICKSTART_MODEL),
-        "inputs": {"pixel_values": {"range": [0.0, 1.0]}},
-        "passes": ["cleanup"],
-        "check": {"samples": 1, "dims": {"batch": 1}, "latency_runs": 0},
-        "output": str(tmp_path / "out"),
-        **changes,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(json.dumps(recipe))
-    return path
+pytestmark = pytest.mark.usefixtures("keep_sigterm")
 
 
 def _script_recipe(tmp_path: Path, script: str, **source: object) -> Path:
     (tmp_path / "data.py").write_text(script)
     data = {"script": str(tmp_path / "data.py"), **source}
-    return _recipe(tmp_path, check={"samples": 2, "latency_runs": 0, "data": data})
+    return hostile_recipe(tmp_path, check={"samples": 2, "latency_runs": 0, "data": data})
 
 
 FEED = "{'pixel_values': np.zeros((1, 3, 32, 32), np.float32)}"
@@ -124,7 +100,7 @@ def test_check_data_that_cannot_gate_exits_2(tmp_path, capsys, value, message):
     if value is not None:
         array[0, 1, 2, 3] = value
     check = {"samples": 1, "latency_runs": 0, "data": {"npz": _npz(tmp_path, array)}}
-    assert main(["compile", str(_recipe(tmp_path, check=check)), "--no-cache"]) == 2
+    assert main(["compile", str(hostile_recipe(tmp_path, check=check)), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "bad.npz (sample 0)" in err and "pixel_values" in err and message in err, err
     assert not (tmp_path / "out").exists()
@@ -134,7 +110,7 @@ def test_a_scalar_npy_exits_2_naming_it(tmp_path, capsys):
     (tmp_path / "npy").mkdir()
     np.save(tmp_path / "npy" / "pixel_values.npy", np.float32(1.0))
     check = {"samples": 1, "latency_runs": 0, "data": {"npy": str(tmp_path / "npy")}}
-    assert main(["compile", str(_recipe(tmp_path, check=check)), "--no-cache"]) == 2
+    assert main(["compile", str(hostile_recipe(tmp_path, check=check)), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "pixel_values.npy" in err and "0-d" in err, err
 
@@ -143,7 +119,7 @@ def test_a_model_with_no_outputs_exits_2(tmp_path, capsys):
     model = onnx.load(QUICKSTART_MODEL)
     del model.graph.output[:]
     onnx.save(model, tmp_path / "m.onnx")
-    assert main(["compile", str(_recipe(tmp_path, model="m.onnx")), "--no-cache"]) == 2
+    assert main(["compile", str(hostile_recipe(tmp_path, model="m.onnx")), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "m.onnx" in err and "no outputs" in err, err
 
@@ -170,7 +146,7 @@ def test_trtopt_writes_strict_json_and_names_non_finite_numbers(tmp_path):
     assert trtopt.diff.regressed("cosine", 0.99, "NaN", 0.1, 1e-5)
     assert not trtopt.diff.regressed("cosine", "NaN", "NaN", 0.1, 1e-5)
     # A compile's report.json, its cache manifests and `check --json` parse strictly.
-    result = trtopt.compile(_recipe(tmp_path), cache_dir=tmp_path / "cache")
+    result = trtopt.compile(hostile_recipe(tmp_path), cache_dir=tmp_path / "cache")
     assert result.exit_code == 0
     _strict((tmp_path / "out" / "report.json").read_text())
     for manifest in (tmp_path / "cache").rglob("manifest.json"):
@@ -234,6 +210,8 @@ def test_external_data_that_lies_is_a_model_error_naming_the_tensor(
     with pytest.raises(trtopt.ModelError, match="weight") as error:
         trtopt.load_model(path)
     assert message in str(error.value) and str(path) in str(error.value)
-    recipe = _recipe(tmp_path, model=str(path), inputs={}, check={"samples": 1, "latency_runs": 0})
+    recipe = hostile_recipe(
+        tmp_path, model=str(path), inputs={}, check={"samples": 1, "latency_runs": 0}
+    )
     assert main(["compile", str(recipe), "--no-cache"]) == 2
     assert "weight" in capsys.readouterr().err

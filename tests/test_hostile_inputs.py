@@ -5,9 +5,7 @@ must still make valid JUnit XML."""
 from __future__ import annotations
 
 import errno
-import json
 import os
-import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,34 +14,11 @@ import onnx
 import pytest
 
 import trtopt
-from helpers import ROOT
+from helpers import QUICKSTART_MODEL, ROOT, hostile_recipe
 from trtopt.cli import main
 from trtopt.junit import junit_xml, report_suites
 
-QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
-
-
-@pytest.fixture(autouse=True)
-def _keep_sigterm():
-    """main() installs a SIGTERM handler; give the test process its own back."""
-    handler = signal.getsignal(signal.SIGTERM)
-    yield
-    signal.signal(signal.SIGTERM, handler)
-
-
-def _recipe(tmp_path: Path, **changes: object) -> Path:
-    recipe = {
-        "name": "hostile",
-        "model": str(QUICKSTART_MODEL),
-        "inputs": {"pixel_values": {"range": [0.0, 1.0]}},
-        "passes": ["cleanup"],
-        "check": {"samples": 1, "dims": {"batch": 1}, "latency_runs": 0},
-        "output": str(tmp_path / "out"),
-        **changes,
-    }
-    path = tmp_path / "recipe.yaml"
-    path.write_text(json.dumps(recipe))
-    return path
+pytestmark = pytest.mark.usefixtures("keep_sigterm")
 
 
 def _images(tmp_path: Path, size: tuple[int, int] = (32, 32)) -> Path:
@@ -66,7 +41,7 @@ def _images(tmp_path: Path, size: tuple[int, int] = (32, 32)) -> Path:
 )
 def test_image_specs_that_do_not_fit_exit_2_naming_the_value(tmp_path, capsys, spec, message):
     data = {"images": {"folder": str(_images(tmp_path)), **spec}}
-    recipe = _recipe(tmp_path, check={"samples": 1, "latency_runs": 0, "data": data})
+    recipe = hostile_recipe(tmp_path, check={"samples": 1, "latency_runs": 0, "data": data})
     assert main(["compile", str(recipe), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert message in err, err
@@ -79,7 +54,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
     # Pillow refuses images over twice MAX_IMAGE_PIXELS; a 64x64 PNG stands in for the bomb.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     data = {"images": {"folder": str(folder), "resize": [32, 32]}}
-    recipe = _recipe(tmp_path, check={"samples": 1, "latency_runs": 0, "data": data})
+    recipe = hostile_recipe(tmp_path, check={"samples": 1, "latency_runs": 0, "data": data})
     assert main(["compile", str(recipe), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert "a.png" in err and "decompression bomb" in err, err
@@ -88,7 +63,7 @@ def test_a_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("samples", ["-3", "0", "x"])
 def test_golden_update_with_no_samples_exits_2(tmp_path, capsys, samples):
     with pytest.raises(SystemExit) as exited:
-        main(["golden", "update", str(_recipe(tmp_path)), "--samples", samples])
+        main(["golden", "update", str(hostile_recipe(tmp_path)), "--samples", samples])
     assert exited.value.code == 2
     assert "--samples" in capsys.readouterr().err
 
@@ -108,7 +83,7 @@ def test_an_unwritable_output_folder_exits_2_naming_it(tmp_path, capsys):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        recipe = _recipe(tmp_path, output=str(parent / "out"))
+        recipe = hostile_recipe(tmp_path, output=str(parent / "out"))
         assert main(["compile", str(recipe), "--no-cache"]) == 2
     finally:
         parent.chmod(0o755)
@@ -148,7 +123,7 @@ def test_a_folder_that_cannot_be_written_is_exit_2_naming_it(
         raise error
 
     monkeypatch.setattr(trtopt, "compile", fail)
-    assert main(["compile", str(_recipe(tmp_path)), "--no-cache"]) == 2
+    assert main(["compile", str(hostile_recipe(tmp_path)), "--no-cache"]) == 2
     err = capsys.readouterr().err
     assert shown in err and "internal error" not in err, err
 
