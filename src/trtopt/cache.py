@@ -43,7 +43,7 @@ from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
 from .errors import UserError
 from .model import file_digest
 from .passes.base import PassContext
-from .staging import alive, owner, remove_dead_scratch
+from .staging import alive, owner, remove, remove_dead_scratch
 
 log = logging.getLogger("trtopt.cache")
 
@@ -593,11 +593,7 @@ class StageCache:
                 continue
             dead = owner_host == host and pid is not None and not alive(pid)
             if path.name.startswith("trash-") or dead or old:
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        path.unlink()
+                remove(path)
                 removed += 1
         return removed
 

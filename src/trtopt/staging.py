@@ -115,14 +115,19 @@ def remove_dead(folder: Path, prefix: str) -> int:
         match = pattern.match(name)
         if not match or alive(int(match.group(1))):
             continue
-        path = folder / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                path.unlink()
+        remove(folder / name)
         removed += 1
     return removed
+
+
+def remove(path: Path) -> None:
+    """Delete a leftover file or folder (a link itself, never what it points to), quietly:
+    another process may be removing it too."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 SCRATCH_PREFIX = "trtopt-"
