@@ -65,6 +65,16 @@ class ExitZero(Pass):
 
     def run(self, graph, ctx):
         raise SystemExit(0)
+
+
+@register_pass("hard-exit")
+class HardExit(Pass):
+    """User code that tries to end the process at once, with success."""
+
+    def run(self, graph, ctx):
+        import os
+
+        os._exit(0)
 '''
 
 
@@ -118,6 +128,27 @@ def test_user_code_cannot_end_trtopt_with_success(plugin):
     with pytest.raises(PassError, match=r"called sys.exit\(0\)") as info:
         trtopt.optimize(MODEL, passes=["exit-zero"], plugins=[plugin])
     assert info.value.exit_code == 3
+    with pytest.raises(PassError, match=r"called os._exit\(0\)"):
+        trtopt.optimize(MODEL, passes=["hard-exit"], plugins=[plugin])
+
+
+def test_a_hard_exit_in_a_plugin_is_exit_3_on_the_command_line(plugin, tmp_path):
+    done = run_cli(
+        "optimize",
+        str(MODEL),
+        str(tmp_path / "o.onnx"),
+        "--plugin",
+        str(plugin),
+        "--passes",
+        "hard-exit",
+    )
+    assert done.returncode == 3 and "os._exit(0)" in done.stderr
+    assert not (tmp_path / "o.onnx").exists()
+    (tmp_path / "exits.py").write_text("import os\nos._exit(0)\n")
+    done = run_cli(
+        "optimize", str(MODEL), str(tmp_path / "o.onnx"), "--plugin", str(tmp_path / "exits.py")
+    )
+    assert done.returncode == 2 and "exits.py" in done.stderr
 
 
 def test_rollbacks_are_logged_by_default(plugin, caplog):

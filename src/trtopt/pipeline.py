@@ -82,6 +82,7 @@ from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
 from .staging import scratch as scratch_folder
 from .staging import stage as stage_output
+from .usercode import ExitAttempt
 
 log = logging.getLogger("trtopt")
 PassItem = str | dict[str, Any] | PassSpec
@@ -486,7 +487,7 @@ def _run_passes(
             try:
                 graph = run_pass(pass_, graph, ctx)
             except PassError as error:
-                if isinstance(error.__cause__, SystemExit):
+                if isinstance(error.__cause__, (SystemExit, ExitAttempt)):
                     raise PassError(error.message, recipe.place("passes", index)) from error
                 rolled_back = failure(pass_, error)
             changed = rolled_back is None and graph_signature(graph) != before_sig

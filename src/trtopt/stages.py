@@ -20,6 +20,7 @@ from .errors import EXIT_ACCURACY, PassError, TrtoptError
 from .feeds import Feed
 from .model import load_model
 from .passes import Pass, PassContext
+from .usercode import ExitAttempt, no_exit
 
 log = logging.getLogger("trtopt")
 
@@ -145,16 +146,20 @@ def _first_line(error: BaseException) -> str:
 def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
     """Run one pass. A user error it raises (bad data, a bad option) goes on as it is; any
     other failure becomes a PassError that names the pass, so the caller can roll it back.
-    A pass (a plugin's) that calls ``sys.exit`` cannot end trtopt: that is a PassError too."""
+    A pass (a plugin's) that calls ``sys.exit`` or ``os._exit`` cannot end trtopt: that is a
+    PassError too, which no caller rolls back."""
     try:
-        result = pass_.run(graph, ctx)
+        with no_exit():
+            result = pass_.run(graph, ctx)
     except TrtoptError:
         raise
-    except (Exception, SystemExit) as error:
+    except (Exception, SystemExit, ExitAttempt) as error:
         source = getattr(type(pass_), "__module__", "?")
         detail = f"{type(error).__name__}: {_first_line(error)}"
         if isinstance(error, SystemExit):
             detail = f"called sys.exit({error.code!r}) (in {source})"
+        elif isinstance(error, ExitAttempt):
+            detail = f"called os._exit({error.code!r}) (in {source})"
         raise PassError(f"pass '{pass_.name}' failed: {detail}") from error
     if not isinstance(result, gs.Graph):
         raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a gs.Graph")
@@ -181,7 +186,7 @@ def run_chain(
         try:
             graph = run_pass(pass_, graph, ctx)
         except PassError as error:
-            if isinstance(error.__cause__, SystemExit):
+            if isinstance(error.__cause__, (SystemExit, ExitAttempt)):
                 raise
             rollbacks.append(Rollback(pass_.name, failure(pass_, error)))
             graph = restore()

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RecipeError, did_you_mean
+from ..usercode import no_exit
 from .base import Pass
 
 ENTRY_POINT_GROUP = "trtopt.passes"
@@ -125,7 +126,8 @@ def load_plugin(path: Path) -> dict[str, type[Pass]]:
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        with no_exit():
+            spec.loader.exec_module(module)
     except KeyboardInterrupt:
         _forget(module_name)
         raise
