@@ -27,8 +27,11 @@ def _as_program() -> bool:
 
 
 def _interrupted(signum: int, frame: FrameType | None) -> None:
-    print("interrupted", file=sys.stderr)
-    raise SystemExit(EXIT_INTERRUPTED)
+    # Exit at once: an exception raised here could land inside a native module's import
+    # (onnxruntime's turns it into "ImportError: initialization failed", exit 1), and
+    # nothing has been written yet that needs cleaning up.
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
 
 
 def guard_startup() -> None:
