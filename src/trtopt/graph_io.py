@@ -10,6 +10,7 @@ themselves create (e.g. the FP16 copies of converted weights), not multiples of 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +19,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from onnx_graphsurgeon.exporters.onnx_exporter import constant_to_onnx_tensor
+from onnx_graphsurgeon.logger import G_LOGGER
 
 from .model import EXTERNAL_DATA_SUFFIX, EXTERNAL_DATA_THRESHOLD
 
@@ -105,6 +107,19 @@ class ExternalValues(gs.ir.tensor.LazyValues):
                 left -= read
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Hide graphsurgeon's log lines below ERROR: its notes on a model with no default-domain
+    opset or a type numpy lacks, duplicate-name reports on every export of a graph a pass is
+    still editing, and what it removes. trtopt reports for itself."""
+    previous = G_LOGGER.severity
+    G_LOGGER.severity = max(previous, G_LOGGER.ERROR)
+    try:
+        yield
+    finally:
+        G_LOGGER.severity = previous
+
+
 def constants(graph: gs.Graph) -> Iterator[gs.Constant]:
     """Every constant of ``graph``: initializers, Constant-node values and subgraphs' ones."""
     seen: set[int] = set()
@@ -145,7 +160,8 @@ def _restore_type_attributes(proto: onnx.GraphProto | onnx.FunctionProto, graph:
 def import_graph(model: onnx.ModelProto, base_dir: Path | None = None) -> gs.Graph:
     """Import a model loaded without its external data; its external weights stay on disk
     (``base_dir``: the folder their locations are relative to, the model's)."""
-    graph = gs.import_onnx(model)
+    with quiet():
+        graph = gs.import_onnx(model)
     _restore_type_attributes(model.graph, graph)
     for proto, function in zip(model.functions, graph.functions):
         _restore_type_attributes(proto, function)
@@ -240,7 +256,8 @@ def export_model(
                 hidden.append((tensor, tensor.type, tensor.dtype, tensor.shape))
                 tensor.type, tensor.dtype, tensor.shape = "tensor_type", None, None
     try:
-        model = gs.export_onnx(graph, do_type_check=False)
+        with quiet():
+            model = gs.export_onnx(graph, do_type_check=False)
     finally:
         for tensor, kind, dtype, shape in hidden:
             tensor.type, tensor.dtype, tensor.shape = kind, dtype, shape

@@ -13,25 +13,13 @@ inputs may be removed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import onnx
 import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.logger import G_LOGGER
+
+from ..graph_io import quiet
 
 _OPTIONAL = onnx.defs.OpSchema.FormalParameterOption.Optional
-
-
-@contextmanager
-def quiet() -> Iterator[None]:
-    """Hide graphsurgeon's log lines below ERROR (duplicate-name reports on every export of a
-    graph a pass is still editing, and its notes on what it removes)."""
-    previous = G_LOGGER.severity
-    G_LOGGER.severity = max(previous, G_LOGGER.ERROR)
-    try:
-        yield
-    finally:
-        G_LOGGER.severity = previous
 
 
 def scopes(graph: gs.Graph) -> Iterator[gs.Graph]:

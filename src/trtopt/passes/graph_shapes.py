@@ -9,8 +9,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..graph_io import export_model
-from .graph_clean import quiet
+from ..graph_io import export_model, quiet
 
 log = logging.getLogger("trtopt.passes")
 
