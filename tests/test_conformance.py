@@ -1,6 +1,6 @@
 """Conformance: every ONNX node test that ONNX Runtime runs keeps its outputs through the
 default chain, fuse with opsets raised, and each built-in pass alone (tests/conformance.py).
-The cases are split in shards, which pytest-xdist spreads over the cores. Run alone:
+The cases are split in twelve shards, which pytest-xdist spreads over the cores. Run alone:
 python -m pytest -n auto tests/test_conformance.py."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 import conformance
 
-SHARDS = 6
+SHARDS = 12
 
 
 @cache
@@ -25,7 +25,7 @@ def test_every_node_test_keeps_its_outputs_through_every_pass(shard):
     cases = all_cases()[shard::SHARDS]
     outcomes = [outcome for case in cases for outcome in conformance.check_case(case)]
     counted = {o.case for o in outcomes}
-    # 1,615 of the 1,884 cases run on ONNX Runtime here; each shard holds about a sixth.
+    # 1,615 of the 1,884 cases run on ONNX Runtime here; each shard holds about a twelfth.
     assert len(counted) > 1500 / SHARDS, f"only {len(counted)} node tests ran on ONNX Runtime"
     assert {o.chain for o in outcomes} >= {"default", "fuse-opset-20", "cleanup", "fold-constants"}
     failures = [o for o in outcomes if o.verdict in ("crash", "broken")]
