@@ -129,11 +129,15 @@ def chains() -> dict[str, list[Any]]:
 
 def cannot_apply(chain: str, model: onnx.ModelProto) -> bool:
     """A fusion alone whose pattern's root op is nowhere in the main graph cannot change it
-    (it only matches there): it is counted unchanged without being run."""
+    (it only matches there): it is counted unchanged without being run. So is fuse with opsets
+    raised to 20 on a model already there: it is the plain fuse chain, run anyway."""
     import trtopt
     from trtopt.passes.fusion.base import Fusion
     from trtopt.passes.fusion.pattern import root_ops
 
+    if chain == "fuse-opset-20":
+        versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+        return bool(versions) and versions[0] >= 20
     cls = trtopt.available_passes().get(chain)
     if cls is None or not issubclass(cls, Fusion):
         return False

@@ -25,7 +25,7 @@ import trtopt
 
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
 FUNCTION_DOMAIN = "local.fn"
-EXAMPLES = int(os.environ.get("TRTOPT_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("TRTOPT_FUZZ_EXAMPLES", "60"))
 CHAINS = conformance.chains()
 
 

@@ -23,9 +23,7 @@ def test_calibration_and_latency_runs_print_progress_lines_unless_quiet(write_re
     quiet = run_cli("compile", str(path), "--no-cache", "--quiet", env=every)
     assert quiet.returncode == shown.returncode
     assert "calibrate:" not in quiet.stderr and "latency (" not in quiet.stderr
-    # By default quick work prints nothing: a short compile's CI log stays clean.
-    default = run_cli("compile", str(path), "--no-cache")
-    assert "calibrate:" not in default.stderr and "latency (" not in default.stderr
+    # By default quick work prints nothing: test_cli's quickstart test holds that.
 
 
 def test_the_search_keeps_the_best_found_when_its_time_budget_runs_out(
