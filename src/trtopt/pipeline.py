@@ -191,7 +191,8 @@ def _optimized(
         judge.feeds, judge.outputs, unverified = _optimize_reference(source, Path(original), data)
         if unverified:
             log.warning(
-                "outputs not compared (%s): each pass is checked to load and run only", unverified
+                "outputs not compared (%s): each pass's result is only checked to be valid ONNX",
+                unverified,
             )
         graph, rollbacks = run_chain(
             graph, pipeline, ctx, judge, lambda: graph_io.import_graph(source, base_dir)
