@@ -124,6 +124,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             hint = did_you_mean(name, known)
             raise trtopt.UserError(f"unknown pass '{name}'{hint}", f"--passes {args.passes}")
     out = Path(args.output)
+    if out.is_dir():
+        raise trtopt.UserError("is a folder: give the optimized model's file name", str(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written under the final names (a data file's name is recorded in the model) in a
     # folder beside the output, then moved into place only once every file is complete. The

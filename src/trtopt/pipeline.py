@@ -226,6 +226,13 @@ def _optimize_reference(
             data_feeds = feeds.synthetic_feeds(infos, 1, 0, ones, {})
         except Exception as error:  # an input type synthetic data cannot make
             return [], None, f"no synthetic data for these inputs: {error}"
+        if any(not isinstance(d, int) for i in infos for d in i.shape):
+            shapes = ", ".join(f"{k}={list(v.shape)}" for k, v in data_feeds[0].items())
+            log.warning(
+                "passes proven on synthetic inputs at %s (the model's dynamic dims filled in); "
+                "--data FILE.npz proves them at real sizes",
+                shapes,
+            )
     try:
         return data_feeds, run_stage(path, data_feeds), None
     except Exception as error:

@@ -86,6 +86,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- accuracy: {accuracy['verdict']} over {accuracy['samples']} samples "
         f"({accuracy['data']})"
         + (f"; {accuracy['artifact_not_run']}" if accuracy.get("artifact_not_run") else ""),
+        *[f"- **failed**: {line}" for line in accuracy["failures"]],
         "",
         "## Passes",
         "",

@@ -76,8 +76,13 @@ def differs(before: Outputs, after: Outputs) -> str | None:
                     got, expected, rtol=EXACT_RTOL, atol=EXACT_ATOL * scale, equal_nan=True
                 )
                 if not close.all():
-                    error = float(np.nanmax(np.abs(got.astype(np.float64) - expected)))
-                    return f"output '{name}' changed by up to {error:.3g} (sample {index})"
+                    at = np.unravel_index(np.argmin(close), close.shape)
+                    error = abs(float(got[at]) - float(expected[at]))
+                    allowed = EXACT_ATOL * scale + EXACT_RTOL * abs(float(expected[at]))
+                    return (
+                        f"output '{name}' changed by {error:.3g} at {list(map(int, at))} where "
+                        f"{allowed:.3g} is allowed (sample {index})"
+                    )
             elif not np.array_equal(got, expected):
                 return f"output '{name}' changed (sample {index})"
     return None
