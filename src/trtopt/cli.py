@@ -21,6 +21,7 @@ import trtopt
 
 from . import interrupt, jsontext, progress
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
+from .recipe import model_in
 from .staging import owner, remove_dead
 
 
@@ -182,7 +183,7 @@ def _option_lines(options: type, indent: str) -> list[str]:
     for option, info in options.model_fields.items():
         default = info.get_default(call_default_factory=True)
         doc = _option_doc(options, option)
-        section = _section(info.annotation)
+        section = model_in(info.annotation)
         if section is not None and default is not None:  # its keys' defaults follow
             lines.append(f"{indent}- {option}{doc or ': a section with the keys below'}")
         else:
@@ -215,25 +216,12 @@ def _mentions(annotation: object, kind: type) -> bool:
     return any(_mentions(arg, kind) for arg in typing.get_args(annotation))
 
 
-def _section(annotation: object) -> type | None:
-    """The options model inside an annotation (`Keep`, `AutoOptions | None`), if any."""
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _section(arg)
-        if found is not None:
-            return found
-    return None
-
-
 def _option_doc(options: type, name: str) -> str:
     """The docstring written under an option's declaration (pydantic keeps it as description),
     else its section's docstring, else a Literal option's choices."""
     info = options.model_fields[name]
     description = info.description
-    section = _section(info.annotation)
+    section = model_in(info.annotation)
     if not description and section is not None and section.__doc__:
         description = section.__doc__.strip().splitlines()[0]
     if not description and typing.get_origin(info.annotation) is typing.Literal:

@@ -671,21 +671,21 @@ def _fields_at(model: type[BaseModel], path: KeyPath) -> list[str]:
     """The valid keys of the section at ``path``, for 'did you mean' suggestions."""
     current: Any = model
     for key in path:
-        found = _model_in(current)
+        found = model_in(current)
         if found is None:
             return []
         # A key that is not a field is a dict key or list index: stay on the value's model.
         current = found.model_fields[key].annotation if key in found.model_fields else found
-    found = _model_in(current)
+    found = model_in(current)
     return list(found.model_fields) if found else []
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside an annotation such as `X | None`, `dict[str, X]`, `list[X]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        found = _model_in(arg)
+        found = model_in(arg)
         if found is not None:
             return found
     return None

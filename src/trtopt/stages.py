@@ -6,6 +6,7 @@ recorded with its reason."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -217,8 +218,6 @@ def _loader(path: Path) -> Callable[[], gs.Graph]:
 def graph_signature(graph: gs.Graph) -> str:
     """A structural fingerprint (nodes, wiring, attributes, constants' shape and leading bytes
     or on-disk place) that tells whether a pass changed the graph without reading every weight."""
-    import hashlib
-
     digest = hashlib.sha256()
     for node in graph.nodes:
         digest.update(repr((node.op, node.name, sorted(node.attrs.items(), key=str))).encode())
