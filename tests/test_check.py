@@ -15,7 +15,7 @@ from junitparser import Failure, JUnitXml, Skipped
 import trtopt
 from gate_helpers import QUICKSTART, compile_quickstart, perturb
 from helpers import ROOT
-from trtopt import accuracy
+from trtopt import accuracy, metrics
 from trtopt.cli import main
 from trtopt.errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
 from trtopt.recipe import CheckSpec
@@ -42,7 +42,7 @@ def test_compile_runs_the_golden_check_and_reports_it(compiled):
     golden = result.report["golden"]
     assert golden["verdict"] == "pass" and golden["accuracy"]["samples"] == 2
     assert golden["golden"].endswith("golden/quickstart.npz")
-    assert set(golden["accuracy"]["outputs"]["logits"]["metrics"]) == set(accuracy.METRICS)
+    assert set(golden["accuracy"]["outputs"]["logits"]["metrics"]) == set(metrics.METRICS)
     assert (result.output_dir / "report.html").is_file()
     assert json.loads((result.output_dir / "report.json").read_text())["golden"] == golden
 
@@ -57,7 +57,7 @@ def test_check_passes_with_json_and_every_metric(compiled, capsys, tmp_path):
     assert data["kind"] == "check" and data["verdict"] == "pass" and data["exit_code"] == 0
     assert data["artifact"] == str(result.output_dir / "model.onnx")
     logits = data["accuracy"]["outputs"]["logits"]
-    assert list(logits["metrics"]) == list(accuracy.METRICS)
+    assert list(logits["metrics"]) == list(metrics.METRICS)
     assert {c["metric"] for c in logits["checks"]} == {"max_abs", "cosine", "top1"}
     code, out, _ = cli(capsys, "check", str(QUICKSTART), "--artifact", str(result.output_dir))
     assert code == EXIT_OK and out.startswith("quickstart: PASS")
@@ -77,7 +77,7 @@ def test_perturbed_artifact_fails_naming_output_and_metric(compiled, capsys, tmp
     # A JUnit parser reads one test case per output and metric.
     xml = JUnitXml.fromfile(str(junit))
     cases = {(case.classname, case.name): case for suite in xml for case in suite}
-    assert set(cases) == {("trtopt.check.quickstart.logits", m) for m in accuracy.METRICS}
+    assert set(cases) == {("trtopt.check.quickstart.logits", m) for m in metrics.METRICS}
     failed = {
         name
         for (_, name), case in cases.items()
@@ -244,20 +244,20 @@ def test_new_metrics_match_numpy():
     result = accuracy.compare(
         reference, candidate, spec.thresholds_for, {"scores"}, quantile=0.9, top_k={"scores": 2}
     )
-    metrics = result.outputs[0].metrics
+    measured = result.outputs[0].metrics
     r = [x["scores"].astype(np.float64) for x in reference]
     c = [x["scores"].astype(np.float64) for x in candidate]
     err = [np.abs(a - b) for a, b in zip(r, c)]
     assert math.isclose(
-        metrics["quantile_abs"], max(np.quantile(e, 0.9) for e in err), rel_tol=1e-4
+        measured["quantile_abs"], max(np.quantile(e, 0.9) for e in err), rel_tol=1e-4
     )
     snr = min(10 * np.log10(np.mean(a**2) / np.mean((a - b) ** 2)) for a, b in zip(r, c))
     psnr = min(20 * np.log10(a.max()) - 10 * np.log10(np.mean((a - b) ** 2)) for a, b in zip(r, c))
-    assert math.isclose(metrics["snr_db"], snr, rel_tol=1e-6)
-    assert math.isclose(metrics["psnr_db"], psnr, rel_tol=1e-6)
+    assert math.isclose(measured["snr_db"], snr, rel_tol=1e-6)
+    assert math.isclose(measured["psnr_db"], psnr, rel_tol=1e-6)
     agree = sum(int(np.sum(np.argmax(a, -1) == np.argmax(b, -1))) for a, b in zip(r, c))
-    assert metrics["top1"] == agree / 24 and metrics["top1"] < 1
-    assert metrics["topk"] == 1.0  # within the top 2 everywhere
+    assert measured["top1"] == agree / 24 and measured["top1"] < 1
+    assert measured["topk"] == 1.0  # within the top 2 everywhere
     identical = accuracy.compare(reference, reference, spec.thresholds_for, {"scores"})
-    assert identical.outputs[0].metrics["snr_db"] == accuracy.DB_CEILING
+    assert identical.outputs[0].metrics["snr_db"] == metrics.DB_CEILING
     json.dumps(identical.to_json(), allow_nan=False)  # standard JSON, no Infinity

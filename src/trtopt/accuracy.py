@@ -1,57 +1,20 @@
-"""Accuracy checks: Polygraphy's Comparator runs and compares, trtopt applies the thresholds.
-
-Polygraphy computes the error statistics (SimpleCompareFunc, including the error quantile),
-cosine similarity (CosineSimilarityCompareFunc), SNR and PSNR (SnrCompareFunc, PsnrCompareFunc)
-per sample; trtopt aggregates them over the samples (the worst sample counts), adds top-1 and
-top-k agreement for class scores with numpy (Polygraphy has no agreement *rate*), and turns them
-into verdicts: against fixed limits, and against a baseline report's values (``max_degradation``).
-"""
+"""Accuracy verdicts: Polygraphy's Comparator runs the runners, metrics.py measures, and the
+thresholds (fixed limits, and a baseline report's values for ``max_degradation``) judge."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from polygraphy.backend.base import BaseRunner
-from polygraphy.comparator import (
-    Comparator,
-    CosineSimilarityCompareFunc,
-    IterationResult,
-    PsnrCompareFunc,
-    RunResults,
-    SimpleCompareFunc,
-    SnrCompareFunc,
-)
+from polygraphy.comparator import Comparator, IterationResult
 
+from . import metrics
+from .feeds import Feed
+from .metrics import DEFAULT_QUANTILE, HIGHER_IS_BETTER, THRESHOLD_FIELDS
 from .recipe import Thresholds
 
-Feed = dict[str, np.ndarray]
 Outputs = list[IterationResult]
-
-DEFAULT_QUANTILE = 0.99
-"""The error quantile ``quantile_abs`` measures unless the recipe says otherwise (p99)."""
-DEFAULT_TOP_K = 5
-DB_CEILING = 200.0
-"""SNR/PSNR of identical outputs is infinite; it is reported as this many dB so that every
-report stays standard JSON (float32 round-off alone gives well under 200 dB)."""
-
-# metric -> (threshold field, higher is better)
-GATES: dict[str, tuple[str, bool]] = {
-    "max_abs": ("max_abs", False),
-    "mean_abs": ("mean_abs", False),
-    "max_rel": ("max_rel", False),
-    "quantile_abs": ("quantile_abs", False),
-    "cosine": ("min_cosine", True),
-    "snr_db": ("min_snr_db", True),
-    "psnr_db": ("min_psnr_db", True),
-    "top1": ("min_top1", True),
-    "topk": ("min_topk", True),
-}
-METRICS: tuple[str, ...] = tuple(GATES)
-"""Every metric measured per output, in report order."""
-HIGHER_IS_BETTER: dict[str, bool] = {metric: better for metric, (_, better) in GATES.items()}
 
 
 @dataclass
@@ -122,8 +85,8 @@ def run(runner: BaseRunner, feeds: Sequence[Feed]) -> Outputs:
 
 
 def compare(
-    reference: Outputs,
-    candidate: Outputs,
+    reference: Sequence[Feed],
+    candidate: Sequence[Feed],
     thresholds_for: Callable[[str], Thresholds],
     class_scores: set[str],
     *,
@@ -131,98 +94,29 @@ def compare(
     top_k: Mapping[str, int] | None = None,
     baseline: Mapping[str, Mapping[str, float | None]] | None = None,
 ) -> AccuracyResult:
-    """Compare the candidate's outputs with the reference's, sample by sample.
-
-    ``quantile`` is the error quantile ``quantile_abs`` measures; ``top_k`` the k of top-k
-    agreement per class-score output (default DEFAULT_TOP_K); ``baseline`` a previous run's
-    metrics per output, which ``max_degradation`` thresholds compare with.
-    """
-    reference = [IterationResult(dict(r), runner_name="reference") for r in reference]
-    candidate = [IterationResult(dict(c), runner_name="candidate") for c in candidate]
-    run_results = RunResults([("reference", reference), ("candidate", candidate)])
-    # Polygraphy's "quantile" check with infinite tolerances records every statistic (max, mean
-    # and the quantile) without judging; SNR/PSNR with -inf thresholds likewise.
-    stats, cosines, snrs, psnrs = Comparator.compare_accuracy(
-        run_results,
-        compare_func=[
-            SimpleCompareFunc(
-                check_error_stat="quantile", atol=math.inf, rtol=math.inf, error_quantile=quantile
-            ),
-            CosineSimilarityCompareFunc(),
-            SnrCompareFunc(snr_threshold=-math.inf),
-            PsnrCompareFunc(psnr_threshold=-math.inf),
-        ],
+    """Measure the candidate's outputs against the reference's (metrics.measure) and judge
+    each output by ``thresholds_for(name)``; ``baseline``: a previous run's metrics per
+    output, which ``max_degradation`` thresholds compare with."""
+    measured = metrics.measure(
+        reference, candidate, quantile=quantile, class_scores=class_scores, top_k=top_k
     )
-    stats_per_sample = next(iter(stats.values()))
-    cosine_per_sample = next(iter(cosines.values()))
-    snr_per_sample = next(iter(snrs.values()))
-    psnr_per_sample = next(iter(psnrs.values()))
-
     outputs = []
-    for name in reference[0]:
-        if any(name not in c for c in candidate):
-            outputs.append(OutputAccuracy(name, {}, error="missing from the artifact's outputs"))
+    for name, values in measured.items():
+        if isinstance(values, str):
+            outputs.append(OutputAccuracy(name, {}, error=values))
             continue
-        per_sample = [s[name] for s in stats_per_sample]
-        shapes = {(r[name].shape, c[name].shape) for r, c in zip(reference, candidate)}
-        mismatched = [(a, b) for a, b in shapes if a != b]
-        if mismatched or not all(hasattr(s, "max_absdiff") for s in per_sample):
-            a, b = mismatched[0] if mismatched else next(iter(shapes))
-            outputs.append(
-                OutputAccuracy(name, {}, error=f"shape {list(b)} != reference {list(a)}")
-            )
-            continue
-        scores = name in class_scores
-        k = (top_k or {}).get(name, DEFAULT_TOP_K)
-        metrics: dict[str, float | None] = {
-            "max_abs": max(s.max_absdiff for s in per_sample),
-            "mean_abs": float(np.mean([s.mean_absdiff for s in per_sample])),
-            "max_rel": max(s.max_reldiff for s in per_sample),
-            "quantile_abs": max(s.quantile_absdiff for s in per_sample),
-            "cosine": min(c[name].cosine_similarity for c in cosine_per_sample),
-            "snr_db": _db(min(r[name].snr for r in snr_per_sample)),
-            "psnr_db": _db(min(r[name].psnr for r in psnr_per_sample)),
-            "top1": _top1_agreement(reference, candidate, name) if scores else None,
-            "topk": _topk_agreement(reference, candidate, name, k) if scores else None,
-        }
         thresholds = thresholds_for(name)
-        checks = _checks(metrics, thresholds)
+        checks = _checks(values, thresholds)
         if baseline is not None and thresholds.max_degradation:
             checks += _degradation_checks(
-                metrics, baseline.get(name) or {}, thresholds.max_degradation
+                values, baseline.get(name) or {}, thresholds.max_degradation
             )
-        outputs.append(OutputAccuracy(name, metrics, checks))
+        outputs.append(OutputAccuracy(name, values, checks))
     return AccuracyResult(outputs, samples=len(reference))
 
 
-def _db(value: float) -> float:
-    return float(min(max(value, -DB_CEILING), DB_CEILING))
-
-
-def _top1_agreement(reference: Outputs, candidate: Outputs, name: str) -> float:
-    """Fraction of rows (all but the last axis) whose argmax over the last axis agrees."""
-    agree = total = 0
-    for r, c in zip(reference, candidate):
-        a, b = np.argmax(r[name], axis=-1), np.argmax(c[name], axis=-1)
-        agree += int(np.sum(a == b))
-        total += a.size
-    return agree / total if total else 1.0
-
-
-def _topk_agreement(reference: Outputs, candidate: Outputs, name: str, k: int) -> float:
-    """Fraction of rows whose reference argmax is among the candidate's k largest scores."""
-    agree = total = 0
-    for r, c in zip(reference, candidate):
-        label = np.argmax(r[name], axis=-1)[..., None]
-        kk = min(k, c[name].shape[-1])
-        top = np.argpartition(-np.asarray(c[name]), kk - 1, axis=-1)[..., :kk]
-        agree += int(np.sum(np.any(top == label, axis=-1)))
-        total += label.size
-    return agree / total if total else 1.0
-
-
 def _degradation_checks(
-    metrics: dict[str, float | None],
+    measured: metrics.Measured,
     baseline: Mapping[str, float | None],
     allowed: Mapping[str, float],
 ) -> list[MetricCheck]:
@@ -230,23 +124,20 @@ def _degradation_checks(
     the baseline lacks is not checked (there is nothing to compare with)."""
     checks = []
     for metric, margin in allowed.items():
-        value, base = metrics.get(metric), baseline.get(metric)
+        value, base = measured.get(metric), baseline.get(metric)
         if value is None or base is None:
             continue
-        higher_is_better = HIGHER_IS_BETTER[metric]
-        limit = base - margin if higher_is_better else base + margin
-        ok = value >= limit if higher_is_better else value <= limit
-        name = f"{metric} vs baseline"
-        checks.append(MetricCheck(name, value, limit, bool(ok) and not math.isnan(value), base))
+        limit = base - margin if HIGHER_IS_BETTER[metric] else base + margin
+        ok = metrics.passes(metric, value, limit)
+        checks.append(MetricCheck(f"{metric} vs baseline", value, limit, ok, base))
     return checks
 
 
-def _checks(metrics: dict[str, float | None], thresholds: Thresholds) -> list[MetricCheck]:
+def _checks(measured: metrics.Measured, thresholds: Thresholds) -> list[MetricCheck]:
     checks = []
-    for metric, (field_name, higher_is_better) in GATES.items():
-        limit, value = getattr(thresholds, field_name), metrics.get(metric)
+    for metric, field_name in THRESHOLD_FIELDS.items():
+        limit, value = getattr(thresholds, field_name), measured.get(metric)
         if limit is None or value is None:
             continue
-        ok = value >= limit if higher_is_better else value <= limit
-        checks.append(MetricCheck(metric, value, limit, bool(ok) and not math.isnan(value)))
+        checks.append(MetricCheck(metric, value, limit, metrics.passes(metric, value, limit)))
     return checks

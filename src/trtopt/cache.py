@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import jsontext
+from ._version import installed
 from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
 from .errors import UserError
 from .model import file_digest
@@ -117,19 +118,12 @@ def _package_sources() -> str:
 def environment() -> dict[str, str | None]:
     """What besides the inputs decides a result: trtopt's code, the computing libraries'
     versions, Python and the machine architecture."""
-    import importlib.metadata
-
     found: dict[str, str | None] = {
         "trtopt-sources": _package_sources(),
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
-    for package in ("trtopt", *_COMPUTING_PACKAGES):
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
+    return found | {package: installed(package) for package in ("trtopt", *_COMPUTING_PACKAGES)}
 
 
 def code_digest(cls: type) -> str:

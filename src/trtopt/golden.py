@@ -37,6 +37,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from .errors import UserError, did_you_mean
+from .feeds import Feed
+from .metrics import DEFAULT_QUANTILE
 from .recipe import Quantile, Strict, Thresholds, TopK
 from .staging import owner, remove_dead
 
@@ -53,8 +55,6 @@ GATE_COMMENT = b"trtopt-golden-gate "
 """How the npz's zip comment starts: then the gating content as canonical JSON, or
 ``sha256:<hex>`` of it when it is longer than a zip comment can hold."""
 _COMMENT_LIMIT = 0xFFFF
-
-Feed = dict[str, np.ndarray]
 
 
 class GoldenError(UserError):
@@ -83,7 +83,7 @@ class GoldenGate(Strict):
     thresholds: dict[str, Thresholds] = {}
     class_scores: list[str] = []
     top_k: dict[str, TopK] = {}
-    error_quantile: Quantile = 0.99
+    error_quantile: Quantile = DEFAULT_QUANTILE
 
 
 class _ModelRef(Strict):

@@ -22,6 +22,7 @@ from pydantic import (
 
 from .calibration.sources import SOURCE_PATH_FIELDS, DataSource
 from .errors import Place, RecipeError, did_you_mean
+from .metrics import DEFAULT_QUANTILE, DEFAULT_TOP_K, METRICS
 from .passes import available_passes, get_pass, load_plugin
 from .positions import Document, KeyPath, load_yaml
 
@@ -234,8 +235,6 @@ class Thresholds(Strict):
     @field_validator("max_degradation")
     @classmethod
     def _known_metrics(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        from .accuracy import METRICS  # the metric names live with the metrics
-
         for name in value or {}:
             if name not in METRICS:
                 raise ValueError(
@@ -255,7 +254,7 @@ DEFAULT_THRESHOLDS = Thresholds(max_abs=1e-3, min_cosine=0.9999)
 class OutputSpec(Strict):
     class_scores: bool = False
     """The output holds class scores along its last axis: top-1 agreement is measured."""
-    top_k: TopK = 5
+    top_k: TopK = DEFAULT_TOP_K
     """k of the top-k agreement measured for class scores."""
     thresholds: Thresholds = Thresholds()
 
@@ -289,7 +288,7 @@ class CheckSpec(Strict):
     """Run the check inputs after every pass and name the first pass that breaks numerics."""
     latency_runs: Annotated[int, Field(ge=0)] = 20
     """Timed runs of reference and artifact on ONNX Runtime CPU; 0 skips latency."""
-    error_quantile: Quantile = 0.99
+    error_quantile: Quantile = DEFAULT_QUANTILE
     """Which quantile of the absolute error ``quantile_abs`` measures (0.99: p99)."""
     golden: str | None = None
     """Golden file (``trtopt golden update`` writes it): inputs and reference outputs that

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import math
 import platform
 from pathlib import Path
 from typing import Any
 
 from . import jsontext
+from ._version import installed
 
 SCHEMA_VERSION = 1
 """report.json's format version. The file is strict JSON (jsontext): a metric that is not a
@@ -31,12 +31,7 @@ KEPT_SHOWN = 5
 def versions() -> dict[str, str | None]:
     """Python's and every tracked package's version (None when not installed)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for package in TRACKED_PACKAGES:
-        try:
-            found[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            found[package] = None
-    return found
+    return found | {package: installed(package) for package in TRACKED_PACKAGES}
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .._version import __version__
 from .cache import (
     RANGES_FOLDER,
     cache_key,
@@ -59,13 +59,6 @@ class CalibrationResult:
     settings: dict = field(default_factory=dict)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def model_digest(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None) -> str:
     """sha256 of a model's graph, opsets and weights, hashed piece by piece (serializing the
     whole model at once would hold a second copy of its weights). ``weights``: the values of
@@ -104,7 +97,7 @@ def calibrate(
     settings = {
         # Versions too: a cache must not outlive a change in the code that produced it.
         "algorithm": ALGORITHM_VERSION,
-        "trtopt": _version("trtopt"),
+        "trtopt": __version__,
         "onnxruntime": ort.__version__,
         "calibrator": calibrator,
         "percentile": percentile if calibrator == "percentile" else None,

@@ -28,19 +28,14 @@ import onnxruntime as ort
 from pydantic import Field, model_validator
 
 from .. import progress
+from ..feeds import Feed
+from ..metrics import CLASS_SCORE_METRICS, HIGHER_IS_BETTER, METRICS, measure, worst
+from ..metrics import passes as keeps
 from .base import PassOptions
 
 log = logging.getLogger("trtopt.passes")
 
-Feed = dict[str, np.ndarray]
-Metric = Literal["cosine", "max_abs", "mean_abs", "max_rel", "top1"]
-HIGHER_IS_BETTER = {
-    "cosine": True,
-    "top1": True,
-    "max_abs": False,
-    "mean_abs": False,
-    "max_rel": False,
-}
+Metric = Literal[METRICS]  # type: ignore[valid-type]
 MAX_REFINEMENTS = 64
 """At most this many kept layers are retried (step 4); the rest stay kept."""
 
@@ -49,15 +44,15 @@ class AutoOptions(PassOptions):
     """Search for the fewest layers to keep in higher precision so that a metric passes."""
 
     metric: Metric = "cosine"
-    """Any check metric: cosine, top1 (higher is better), max_abs, mean_abs, max_rel."""
+    """Any metric the check measures (metrics.METRICS), measured as the check does."""
     min: float | None = None
-    """The lowest acceptable value (cosine, top1)."""
+    """The lowest acceptable value (cosine, snr_db, psnr_db, top1, topk)."""
     max: Annotated[float, Field(ge=0)] | None = None
-    """The highest acceptable value (max_abs, mean_abs, max_rel)."""
+    """The highest acceptable value (max_abs, mean_abs, max_rel, quantile_abs)."""
     samples: Annotated[int, Field(ge=1)] = 8
     """Validation feeds each judgement runs (the first ones of data.validation or check)."""
     outputs: list[str] | None = None
-    """Outputs judged (default: all); for top1, the outputs that hold class scores."""
+    """Outputs judged (default: all); for top1 and topk, the outputs that hold class scores."""
     max_minutes: Annotated[float, Field(ge=0)] | None = None
     """Time budget of the search; when it runs out, the best passing set found so far is kept
     (every layer in float if none passed yet) and a warning says so. Default: no limit."""
@@ -76,9 +71,7 @@ class AutoOptions(PassOptions):
         return float(self.min if self.min is not None else self.max)  # type: ignore[arg-type]
 
     def passes(self, value: float) -> bool:
-        if np.isnan(value):
-            return False
-        return value >= self.limit if HIGHER_IS_BETTER[self.metric] else value <= self.limit
+        return keeps(self.metric, value, self.limit)
 
     def effect(self, value: float) -> float:
         """Distance from perfect (0 is harmless), whichever way the metric points."""
@@ -111,45 +104,23 @@ def run(model: Candidate, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
     return [dict(zip(names, sess.run(names, feed))) for feed in feeds]
 
 
-def metric_value(
+def metric_values(
     metric: str,
-    reference: Sequence[dict[str, np.ndarray]],
-    candidate: Sequence[dict[str, np.ndarray]],
+    reference: Sequence[Feed],
+    candidate: Sequence[Feed],
     outputs: Sequence[str] | None = None,
-) -> float:
-    """The metric over all feeds and judged outputs, defined as the accuracy check does
-    (cosine per feed of the flattened output, then the worst; top1 over rows)."""
+) -> tuple[float, float]:
+    """``metric`` and cosine over all feeds, the worst judged output counting, measured as the
+    accuracy check measures them (metrics.measure)."""
     names = list(outputs) if outputs else list(reference[0])
-    values = []
-    for name in names:
-        ref = [r[name].astype(np.float64) for r in reference]
-        got = [c[name].astype(np.float64) for c in candidate]
-        if metric == "cosine":
-            values.append(min(_cosine(a, b) for a, b in zip(ref, got)))
-        elif metric == "top1":
-            agree = sum(int(np.sum(a.argmax(-1) == b.argmax(-1))) for a, b in zip(ref, got))
-            values.append(agree / max(1, sum(a.argmax(-1).size for a in ref)))
-        elif metric == "max_abs":
-            values.append(max(float(np.max(np.abs(a - b))) for a, b in zip(ref, got)))
-        elif metric == "mean_abs":
-            values.append(float(np.mean([np.mean(np.abs(a - b)) for a, b in zip(ref, got)])))
-        else:
-            values.append(
-                max(float(np.max(np.abs(a - b) / (np.abs(a) + 1e-12))) for a, b in zip(ref, got))
-            )
-    if not values:
-        return float("nan")
-    return min(values) if HIGHER_IS_BETTER[metric] else max(values)
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel(), b.ravel()
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return float("nan")
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norm == 0.0:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(np.dot(a, b) / norm)
+    scores = names if metric in CLASS_SCORE_METRICS else ()
+    measured = measure(reference, candidate, class_scores=scores)
+    found = [measured[name] for name in names]
+    nan = float("nan")
+    return (
+        worst(metric, [nan if isinstance(m, str) else m[metric] for m in found]),
+        worst("cosine", [nan if isinstance(m, str) else m["cosine"] for m in found]),
+    )
 
 
 @dataclass
@@ -174,9 +145,7 @@ class Judge:
         """(metric value, cosine) of ``model``; cosine breaks ties between layers."""
         self.evaluations += 1
         outputs = run(model, self.feeds)
-        value = metric_value(self.options.metric, self.reference, outputs, self.options.outputs)
-        cosine = metric_value("cosine", self.reference, outputs, self.options.outputs)
-        return value, cosine
+        return metric_values(self.options.metric, self.reference, outputs, self.options.outputs)
 
 
 @dataclass
