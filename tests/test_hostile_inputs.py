@@ -189,7 +189,7 @@ def test_a_recipe_naming_what_the_model_lacks_exits_2_with_place_and_closest_nam
 
 
 def test_dims_a_recipe_shape_names_and_the_models_outputs_pass_the_name_check(tmp_path):
-    from trtopt.pipeline import check_model_names
+    from trtopt.inputs import check_model_names
 
     text = SILENT_GATES.format(model=QUICKSTART_MODEL, golden="g.npz", out=tmp_path / "out")
     recipe = tmp_path / "recipe.yaml"

@@ -1,88 +1,83 @@
 """trtopt: a declarative model compiler for NVIDIA TensorRT deployment.
 
-Every CLI verb is a thin shell over these functions.
+Every CLI verb is a thin shell over these functions. Each name is imported when first used
+(PEP 562), so ``import trtopt`` and the command line start at once: nothing heavy (ONNX,
+ONNX Runtime, Polygraphy) loads until a verb needs it.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 # First: when trtopt runs as a program, Ctrl-C while the rest loads is exit 130, quietly.
-from . import interrupt as _interrupt  # noqa: F401  # isort: skip
+from . import interrupt as _interrupt  # isort: skip
+from ._version import __version__
 
-__version__ = "0.1.0"
+_EXPORTS = {
+    "batch": ("BatchResult", "compile_many", "summary_table", "worst_exit_code"),
+    "cache": ("CacheInfo", "PruneResult", "cache_info", "prune_cache"),
+    "diff": ("DiffResult", "diff_reports"),
+    "errors": (
+        "BuildError",
+        "DataError",
+        "ModelError",
+        "PassError",
+        "RecipeError",
+        "TrtoptError",
+        "UserError",
+    ),
+    "gate": ("CheckResult", "check", "format_check", "update_golden"),
+    "golden": ("GOLDEN_SIZE_BUDGET", "Golden", "GoldenError", "load_golden"),
+    "html": ("output_pairs", "write_html"),
+    "junit": ("junit_xml", "write_junit"),
+    "lint": ("LintError", "LintReport", "lint_model"),
+    "model": ("load_model", "save_model"),
+    "passes": ("Pass", "PassContext", "PassOptions", "available_passes", "register_pass"),
+    "pipeline": ("CompileResult", "compile", "optimize", "optimize_file"),
+    "ray_runner": ("compile_on_ray",),
+    "recipe": ("Recipe", "json_schema", "load_recipe"),
+    "stages": ("Rollback", "RolledBack"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-from .batch import BatchResult, compile_many, summary_table, worst_exit_code
-from .cache import CacheInfo, PruneResult, cache_info, prune_cache
-from .diff import DiffResult, diff_reports
-from .errors import (
-    BuildError,
-    DataError,
-    ModelError,
-    PassError,
-    RecipeError,
-    TrtoptError,
-    UserError,
-)
-from .farm import compile_on_ray
-from .gate import CheckResult, check, format_check
-from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden, update_golden
-from .html import output_pairs, write_html
-from .junit import junit_xml, write_junit
-from .lint import LintError, LintReport, lint_model
-from .model import load_model, save_model
-from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
-from .pipeline import CompileResult, compile, optimize, optimize_file
-from .recipe import Recipe, json_schema, load_recipe
-from .stages import Rollback, RolledBack
+__all__ = sorted(["__version__", *_MODULE_OF])
 
-__all__ = [
-    "GOLDEN_SIZE_BUDGET",
-    "BatchResult",
-    "BuildError",
-    "CacheInfo",
-    "CheckResult",
-    "CompileResult",
-    "DataError",
-    "DiffResult",
-    "Golden",
-    "GoldenError",
-    "LintError",
-    "LintReport",
-    "ModelError",
-    "Pass",
-    "PassContext",
-    "PassError",
-    "PassOptions",
-    "PruneResult",
-    "Recipe",
-    "RecipeError",
-    "Rollback",
-    "RolledBack",
-    "TrtoptError",
-    "UserError",
-    "__version__",
-    "available_passes",
-    "cache_info",
-    "check",
-    "compile",
-    "compile_many",
-    "compile_on_ray",
-    "diff_reports",
-    "format_check",
-    "json_schema",
-    "junit_xml",
-    "lint_model",
-    "load_golden",
-    "load_model",
-    "load_recipe",
-    "optimize",
-    "optimize_file",
-    "output_pairs",
-    "prune_cache",
-    "register_pass",
-    "save_model",
-    "summary_table",
-    "update_golden",
-    "worst_exit_code",
-    "write_html",
-    "write_junit",
-]
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trtopt' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup finds it without coming here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
+    from .batch import BatchResult, compile_many, summary_table, worst_exit_code
+    from .cache import CacheInfo, PruneResult, cache_info, prune_cache
+    from .diff import DiffResult, diff_reports
+    from .errors import (
+        BuildError,
+        DataError,
+        ModelError,
+        PassError,
+        RecipeError,
+        TrtoptError,
+        UserError,
+    )
+    from .gate import CheckResult, check, format_check, update_golden
+    from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden
+    from .html import output_pairs, write_html
+    from .junit import junit_xml, write_junit
+    from .lint import LintError, LintReport, lint_model
+    from .model import load_model, save_model
+    from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
+    from .pipeline import CompileResult, compile, optimize, optimize_file
+    from .ray_runner import compile_on_ray
+    from .recipe import Recipe, json_schema, load_recipe
+    from .stages import Rollback, RolledBack

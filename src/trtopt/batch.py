@@ -10,12 +10,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError
-
-if TYPE_CHECKING:
-    from .recipe import Recipe
+from .pipeline import compile
+from .recipe import Recipe, load_recipe
 
 
 @dataclass
@@ -56,8 +54,6 @@ def prepare(
     """Each recipe loaded, with its output folder (``output_dir/<name>`` when given), or the
     result of one that fails before compiling: unloadable, or writing the same folder as an
     earlier one."""
-    from .recipe import load_recipe
-
     prepared: list[tuple[Recipe, str] | BatchResult] = []
     seen: dict[Path, str] = {}
     for path in recipes:
@@ -80,8 +76,6 @@ def prepare(
 def run(job: Job, recipe: Recipe | None = None) -> BatchResult:
     """Compile one recipe of a batch into a result; never raises for the recipe's own failure.
     ``recipe``: the recipe already loaded (``job.recipe`` then only names it)."""
-    from .pipeline import compile
-
     start = time.perf_counter()
     try:
         result = compile(

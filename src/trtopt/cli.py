@@ -1,4 +1,7 @@
-"""The command line: argument parsing -> library calls -> exit codes; nothing else."""
+"""The command line: argument parsing -> library calls -> exit codes; nothing else.
+
+It imports only what parsing needs: the library (``trtopt``'s names load when first used) and
+heavy packages come in with the verb that uses them, so ``trtopt --help`` starts at once."""
 
 from __future__ import annotations
 
@@ -14,14 +17,12 @@ import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import onnx
-import yaml
-
 import trtopt
 
 from . import interrupt, jsontext, progress
+from ._version import __version__
+from .diff import DEFAULT_ATOL, DEFAULT_MARGIN
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, did_you_mean
-from .recipe import model_in
 from .staging import owner, remove_dead
 
 
@@ -148,10 +149,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                 f"{args.input}: pass '{r.pass_name}' rolled back: {r.reason}", file=sys.stderr
             ),
         )
-        after = len(onnx.load(str(staged), load_external_data=False).graph.node)
+        after = len(trtopt.load_model(staged, external_data=False).graph.node)
         for file in files:
             file.replace(out.parent / file.name)
-    before = len(onnx.load(args.input, load_external_data=False).graph.node)
+    before = len(trtopt.load_model(args.input, external_data=False).graph.node)
     print(f"{args.input}: {before} -> {after} nodes, wrote {out}")
     return 0
 
@@ -179,6 +180,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
 def _option_lines(options: type, indent: str) -> list[str]:
     """Each option with its default as written in a recipe and its doc; the options of a
     nested section (e.g. precision's keep_fp32) indented under it."""
+    from .recipe import model_in  # with the verb: the recipe schema loads pydantic
+
     lines = []
     for option, info in options.model_fields.items():
         default = info.get_default(call_default_factory=True)
@@ -196,6 +199,7 @@ def _option_lines(options: type, indent: str) -> list[str]:
 
 def _yaml_value(value: object, annotation: object) -> str:
     """A default as a recipe writes it: YAML flow style, sizes in binary units (16MiB)."""
+    import yaml
     from pydantic import BaseModel, ByteSize
 
     if isinstance(value, int) and _mentions(annotation, ByteSize) and not isinstance(value, bool):
@@ -219,6 +223,8 @@ def _mentions(annotation: object, kind: type) -> bool:
 def _option_doc(options: type, name: str) -> str:
     """The docstring written under an option's declaration (pydantic keeps it as description),
     else its section's docstring, else a Literal option's choices."""
+    from .recipe import model_in  # with the verb: the recipe schema loads pydantic
+
     info = options.model_fields[name]
     description = info.description
     section = model_in(info.annotation)
@@ -295,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trtopt", description="A declarative model compiler for NVIDIA TensorRT deployment."
     )
-    parser.add_argument("--version", action="version", version=f"trtopt {trtopt.__version__}")
+    parser.add_argument("--version", action="version", version=f"trtopt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     # Also after the verb (`trtopt compile X --debug`), where errors tell users to add it;
     # SUPPRESS keeps the verb's parser from resetting a --debug given before the verb.
@@ -450,13 +456,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--margin",
         type=float,
-        default=trtopt.diff.DEFAULT_MARGIN,
+        default=DEFAULT_MARGIN,
         help="relative worsening of an accuracy metric that counts as a regression (0.1)",
     )
     sub.add_argument(
         "--atol",
         type=float,
-        default=trtopt.diff.DEFAULT_ATOL,
+        default=DEFAULT_ATOL,
         help="absolute worsening below which nothing counts (1e-5)",
     )
     sub.add_argument("--latency-margin", type=float, help="gate the artifact's median latency")

@@ -8,6 +8,7 @@ threshold compares with a baseline report (a compile's report.json or a check's 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -21,12 +22,19 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from . import accuracy, feeds
+from .backends import BuildResult, get_backend
 from .backends.onnxruntime import session_loader
+from .backends.tensorrt import ENGINE_FILE
+from .calibration import DataSet
 from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
-from .golden import Golden, GoldenError, load_golden
+from .feeds import Feed
+from .golden import Golden, GoldenError, golden_bytes, load_golden, write_golden
+from .inputs import apply_input_overrides, check_feeds, check_model_names
+from .metrics import DEFAULT_QUANTILE
 from .model import load_model, model_sha256
-from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds
-from .report import format_limit, format_metric, format_value
+from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds, load_recipe
+from .report import format_limit, format_metric, format_value, versions
+from .session import ARTIFACT_CHECKED, Reference, artifact_runner, checked, quiet_polygraphy
 
 CHECK_SCHEMA_VERSION = 1
 ONNX_ARTIFACT = "model.onnx"
@@ -39,7 +47,7 @@ class GateSettings:
     thresholds_for: Callable[[str], Thresholds]
     class_scores: set[str] = field(default_factory=set)
     top_k: dict[str, int] = field(default_factory=dict)
-    quantile: float = accuracy.DEFAULT_QUANTILE
+    quantile: float = DEFAULT_QUANTILE
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> GateSettings:
@@ -108,8 +116,6 @@ class CheckResult:
         return self.accuracy.failures()
 
     def to_json(self) -> dict[str, Any]:
-        from .report import versions
-
         return {
             "schema_version": CHECK_SCHEMA_VERSION,
             "kind": "check",
@@ -247,8 +253,6 @@ def _artifact_file(recipe: Recipe | None, artifact: str | Path | None) -> Path:
     if path.is_dir():
         built = _built(path)
         if built.get("status") == "unavailable":
-            from .backends.tensorrt import ENGINE_FILE
-
             raise UserError(
                 f"no engine to check: the {built.get('backend')} backend built no "
                 f"{ENGINE_FILE} ({built.get('reason') or 'unavailable'}); compile where it is "
@@ -276,8 +280,6 @@ def _built(folder: Path) -> dict[str, Any]:
 def _expected_name(recipe: Recipe | None) -> str:
     """The artifact a recipe's backend writes: an engine for TensorRT, else the ONNX model."""
     if recipe is not None and recipe.build.backend != "onnxruntime":
-        from .backends.tensorrt import ENGINE_FILE
-
         return ENGINE_FILE
     return ONNX_ARTIFACT
 
@@ -286,20 +288,16 @@ def _runner(path: Path, recipe: Recipe | None) -> tuple[BaseRunner, Path, str]:
     """A runner for the artifact, the ONNX graph it was built from, and what is checked."""
     if path.suffix == ".onnx":
         options = recipe.build.options() if recipe and recipe.build.backend == "onnxruntime" else {}
-        return OnnxrtRunner(session_loader(path, **options), name="artifact"), path, "artifact"
+        runner = OnnxrtRunner(session_loader(path, **options), name="artifact")
+        return runner, path, ARTIFACT_CHECKED
     onnx_path = path.with_name(ONNX_ARTIFACT)
     if not onnx_path.is_file():
         raise UserError(f"the ONNX graph the engine was built from is missing: {onnx_path}")
-    from .backends import BuildResult, get_backend
-
     name, options = _engine_backend(path, recipe)
-    backend = get_backend(name, options)
     build = BuildResult(name, path, 0.0, details={"tensorrt": {}})
-    reason = backend.unavailable() or backend.cannot_run(build)
-    if reason is None:
-        return backend.runner(build), onnx_path, "artifact"
-    runner = OnnxrtRunner(session_loader(onnx_path), name="artifact")
-    return runner, onnx_path, f"final ONNX graph on ONNX Runtime (the engine cannot run: {reason})"
+    runner, reason = artifact_runner(get_backend(name, options), build, onnx_path)
+    cannot = f" (the engine cannot run: {reason})" if reason else ""
+    return runner, onnx_path, checked(reason) + cannot
 
 
 def _engine_backend(path: Path, recipe: Recipe | None) -> tuple[str, dict[str, Any]]:
@@ -334,9 +332,6 @@ def check(
     recorded. Raises GoldenError/UserError (exit 2) when a file is missing or does not fit; a
     failed threshold is a result (``exit_code`` 1).
     """
-    from .pipeline import _quiet_polygraphy, check_model_names
-    from .recipe import load_recipe
-
     if recipe is None and artifact is None:
         raise UserError("say what to check: a recipe, or --artifact PATH with --golden FILE")
     if recipe is not None and not isinstance(recipe, Recipe):
@@ -351,7 +346,7 @@ def check(
         )
     loaded = load_golden(golden_path)
     path = _artifact_file(recipe, artifact)
-    runner, onnx_path, checked = _runner(path, recipe)
+    runner, onnx_path, what_ran = _runner(path, recipe)
     model = load_model(onnx_path, external_data=False)  # not ONNX: exit 2, named
     model_sha = model_sha256(Path(recipe.model)) if recipe else None
     what = f"the recipe's model {recipe.model}" if recipe else "the artifact"
@@ -362,19 +357,9 @@ def check(
     verify_golden(loaded, model, f"the artifact {onnx_path}", None, True, recipe and recipe.file)
     settings = GateSettings.from_recipe(recipe) if recipe else GateSettings.from_golden(loaded)
     baseline_path = baseline or (recipe.check.baseline if recipe else None)
-    base = baseline_metrics(baseline_path) if baseline_path else None
-    with _quiet_polygraphy():
-        result, candidate = run_golden(loaded, runner, settings, base)
-    return CheckResult(
-        result,
-        Path(os.path.normpath(golden_path)),
-        path,
-        checked,
-        recipe.name if recipe else loaded.meta.get("recipe"),
-        Path(baseline_path) if baseline_path else None,
-        [dict(o) for o in loaded.outputs],
-        candidate,
-    )
+    name = recipe.name if recipe else loaded.meta.get("recipe")
+    with quiet_polygraphy():
+        return _check_golden(loaded, runner, settings, path, what_ran, name, baseline_path)
 
 
 def format_check(result: CheckResult | Mapping[str, Any]) -> str:
@@ -421,6 +406,77 @@ def _num(value: Any) -> str:
     return format_value(value, 6)
 
 
+def update_golden(
+    recipe: str | Path | Recipe,
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    samples: int | None = None,
+) -> Golden:
+    """Run the reference (the recipe's original model on ONNX Runtime CPU) on the recipe's check
+    data and write the golden file: to ``path``, else the recipe's ``check.golden``, else
+    ``golden/<name>.npz`` under the current folder.
+
+    ``samples`` (default ``check.golden_samples``, else ``check.samples``) feeds are stored:
+    the recipe's ``data.validation`` when it declares one, else its check data.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    check = recipe.check
+    if samples is not None and samples < 1:
+        raise UserError(f"golden samples must be at least 1, not {samples}", "--samples")
+    count = samples or check.golden_samples or check.samples
+    model_path = Path(recipe.model)
+    source = load_model(model_path, external_data=False)  # its inputs are what is read
+    apply_input_overrides(source, recipe)
+    infos = feeds.model_inputs(source)
+    with quiet_polygraphy():
+        if recipe.data.validation is not None:
+            data_set = DataSet(recipe.data.validation, infos, check.dims, recipe.input_ranges())
+            data, provenance = data_set.take(count), f"data.validation: {data_set.describe()}"
+        else:
+            resized = check.model_copy(update={"samples": count})
+            data, described = check_feeds(recipe.model_copy(update={"check": resized}), source)
+            provenance = f"check.data: {described}"
+        reference = Reference(model_path, data)
+    outputs = [{name: np.asarray(array) for name, array in r.items()} for r in reference.outputs]
+
+    out = Path(os.path.normpath(path or check.golden or Path("golden") / f"{recipe.name}.npz"))
+    inputs_digest = hashlib.sha256(golden_bytes(data, [])).hexdigest()
+
+    def tensors(feed: Feed) -> list[dict[str, Any]]:
+        return [{"name": n, "dtype": str(a.dtype), "shape": list(a.shape)} for n, a in feed.items()]
+
+    names = list(outputs[0])
+    meta = {
+        "recipe": recipe.name,
+        "model": {
+            "file": os.path.relpath(model_path.resolve(), out.resolve().parent).replace(
+                os.sep, "/"
+            ),
+            "sha256": model_sha256(model_path),
+        },
+        "reference": "original model on ONNX Runtime CPU",
+        "data": {
+            "source": provenance,
+            "samples": len(data),
+            "seed": check.seed,
+            "dims": dict(sorted(check.dims.items())),
+            "inputs_sha256": inputs_digest,
+        },
+        "inputs": tensors(data[0]),
+        "outputs": tensors(outputs[0]),
+        "thresholds": {
+            name: check.thresholds_for(name).model_dump(exclude_none=True) for name in names
+        },
+        "class_scores": sorted(n for n, s in check.outputs.items() if s.class_scores),
+        "top_k": {n: s.top_k for n, s in sorted(check.outputs.items()) if s.class_scores},
+        "error_quantile": check.error_quantile,
+        "versions": versions(),
+    }
+    write_golden(out, data, outputs, meta)
+    return load_golden(out)
+
+
 __all__: Sequence[str] = [
     "CheckResult",
     "GateSettings",
@@ -453,19 +509,35 @@ def check_compiled(
     final: onnx.ModelProto,
     runner: BaseRunner,
     artifact: Path,
-    checked: str,
+    what_ran: str,
 ) -> CheckResult:
     """The check a compile runs on its artifact when its recipe names a golden file."""
     verify_golden(golden, final, "the optimized model", None, True, recipe.file)
-    baseline = recipe.check.baseline
+    settings = GateSettings.from_recipe(recipe)
+    return _check_golden(
+        golden, runner, settings, artifact, what_ran, recipe.name, recipe.check.baseline
+    )
+
+
+def _check_golden(
+    golden: Golden,
+    runner: BaseRunner,
+    settings: GateSettings,
+    artifact: Path,
+    what_ran: str,
+    recipe_name: str | None,
+    baseline: str | Path | None,
+) -> CheckResult:
+    """Run ``runner`` on the golden inputs, judge it by ``settings`` (and the ``baseline``
+    report's metrics) and say what ran."""
     base = baseline_metrics(baseline) if baseline else None
-    result, candidate = run_golden(golden, runner, GateSettings.from_recipe(recipe), base)
+    result, candidate = run_golden(golden, runner, settings, base)
     return CheckResult(
         result,
         Path(os.path.normpath(golden.path)),
         artifact,
-        checked,
-        recipe.name,
+        what_ran,
+        recipe_name,
         Path(baseline) if baseline else None,
         [dict(o) for o in golden.outputs],
         candidate,

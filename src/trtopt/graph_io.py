@@ -21,7 +21,7 @@ from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 from onnx_graphsurgeon.exporters.onnx_exporter import constant_to_onnx_tensor
 from onnx_graphsurgeon.logger import G_LOGGER
 
-from .model import EXTERNAL_DATA_SUFFIX, EXTERNAL_DATA_THRESHOLD
+from .model import EXTERNAL_DATA_SUFFIX, EXTERNAL_DATA_THRESHOLD, save_model
 
 SIZE_THRESHOLD = 1024
 """Constants smaller than this stay inside the .onnx file when a model is saved with external
@@ -355,8 +355,6 @@ def save_graph(
     constant of SIZE_THRESHOLD bytes or more goes to ``<name>.data`` one at a time: on-disk
     weights are copied file to file, never loaded. The graph is left as it was.
     """
-    from .model import save_model
-
     everything = list(constants(graph))
     if external_data is None:
         external_data = sum(nbytes(c) for c in everything) > EXTERNAL_DATA_THRESHOLD

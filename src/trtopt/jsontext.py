@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
-
-import numpy as np
 
 
 def finite(value: Any) -> Any:
     """``value`` with every non-finite float (NumPy's included) replaced by its string."""
-    if isinstance(value, float | np.floating):
+    # numbers.Real, not np.floating: NumPy registers its floats there, and this module is
+    # imported by the command line before NumPy is needed.
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         number = float(value)
         if math.isnan(number):
             return "NaN"

@@ -10,8 +10,7 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,13 +20,12 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from polygraphy.backend.onnxrt import OnnxrtRunner
-from polygraphy.logger import G_LOGGER
 from pydantic import ValidationError
 
 from . import accuracy, feeds, gate, graph_io, latency, report
 from . import html as html_report
+from ._version import __version__
 from .backends import BuildResult, get_backend
-from .backends import onnxruntime as ort_backend
 from .backends.onnxruntime import session_loader
 from .backends.profiles import derive_profiles
 from .backends.tensorrt import BackendOptionError
@@ -43,19 +41,18 @@ from .cache import (
     source_digest,
     written,
 )
-from .calibration import DataSet, DataSource, SyntheticSource, ranges_cache
+from .calibration import DataSet, DataSource, ranges_cache
 from .errors import (
     EXIT_ACCURACY,
     EXIT_OK,
     EXIT_USER,
     BackendUnavailableError,
-    DataError,
-    ModelError,
     PassError,
     RecipeError,
     TrtoptError,
     did_you_mean,
 )
+from .inputs import apply_input_overrides, check_feeds, pass_data
 from .model import (
     EXTERNAL_DATA_THRESHOLD,
     external_data_files,
@@ -67,6 +64,7 @@ from .model import (
 )
 from .passes import DEFAULT_PASSES, Pass, PassContext, get_pass, load_plugin
 from .recipe import PassSpec, Recipe, load_recipe
+from .session import Reference, quiet_polygraphy
 from .stages import (
     Outputs,
     Rollback,
@@ -109,18 +107,6 @@ class CompileResult:
         return report.summary(self.report)
 
 
-@contextmanager
-def _quiet_polygraphy() -> Iterator[None]:
-    """Polygraphy logs every step (and every failed comparison) itself; trtopt reports for
-    itself, so only Polygraphy's critical errors, which it raises anyway, get through."""
-    colors, G_LOGGER.colors = G_LOGGER.colors, False
-    try:
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-            yield
-    finally:
-        G_LOGGER.colors = colors
-
-
 def instantiate(items: Sequence[PassItem]) -> list[Pass]:
     """Pass objects from names, `{name: options}` dicts or PassSpecs, options validated."""
     passes = []
@@ -145,14 +131,8 @@ def instantiate(items: Sequence[PassItem]) -> list[Pass]:
     return passes
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def _save(graph: gs.Graph, path: Path, like: onnx.ModelProto) -> list[Path]:
-    return graph_io.save_graph(graph, path, like, _version())
+    return graph_io.save_graph(graph, path, like, __version__)
 
 
 def _optimized(
@@ -174,7 +154,7 @@ def _optimized(
         source = model
     graph = graph_io.import_graph(source, base_dir)
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
-    with scratch_folder("optimize") as scratch, _quiet_polygraphy():
+    with scratch_folder("optimize") as scratch, quiet_polygraphy():
         ctx = PassContext(scratch_dir=Path(scratch))
         if verify and _large(graph):
             # As in a compile: saving and running every stage of it costs more than the passes.
@@ -184,7 +164,7 @@ def _optimized(
             for pass_ in pipeline:
                 graph = run_pass(pass_, graph, ctx)
             return graph, source
-        judge = StageJudge(source, Path(scratch), [], _version())
+        judge = StageJudge(source, Path(scratch), [], __version__)
         original = model if base_dir is not None else Path(scratch) / "original.onnx"
         if base_dir is None:
             onnx.save_model(source, str(original))
@@ -256,7 +236,7 @@ def optimize(
     ``on_rollback`` (default: a logged warning); ``strict`` raises RolledBack instead.
     ``plugins``: files whose passes ``passes`` may name."""
     graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
-    return graph_io.export_model(graph, source, _version())
+    return graph_io.export_model(graph, source, __version__)
 
 
 def optimize_file(
@@ -276,133 +256,7 @@ def optimize_file(
     ``external_data`` None saves weights to ``<output>.data`` above 1 GiB; the rest as
     :func:`optimize`."""
     graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
-    return graph_io.save_graph(graph, Path(output), source, _version(), external_data)
-
-
-def check_model_names(model: onnx.ModelProto, recipe: Recipe) -> None:
-    """Refuse a recipe naming what ``model`` lacks (a misspelt name would silently switch off
-    what it sets): an ``inputs`` key that is no model input, a ``check.outputs`` key that is
-    no model output, a ``check.dims`` key that no input's shape names (in the model, or as a
-    string in ``inputs.<x>.shape``). Each error names the recipe's line and the closest name."""
-    inputs = {value.name: value for value in model.graph.input}
-    for name in recipe.inputs:
-        if name not in inputs:
-            raise DataError(
-                f"no model input named '{name}'{did_you_mean(name, inputs)}; "
-                f"the model takes {[i.name for i in feeds.model_inputs(model)]}",
-                recipe.place("inputs", name),
-            )
-    outputs = [value.name for value in model.graph.output]
-    for name in recipe.check.outputs:
-        if name not in outputs:
-            raise RecipeError(
-                f"check.outputs names '{name}', which is not a model output"
-                f"{did_you_mean(name, outputs)}; the model's outputs are {outputs}",
-                recipe.place("check", "outputs", name),
-            )
-    initializers = {tensor.name for tensor in model.graph.initializer}
-    dims = {
-        dim.dim_param
-        for value in model.graph.input
-        if value.name not in initializers
-        for dim in value.type.tensor_type.shape.dim
-        if dim.HasField("dim_param") and dim.dim_param
-    }
-    dims |= {d for spec in recipe.inputs.values() for d in spec.shape or () if isinstance(d, str)}
-    for name in recipe.check.dims:
-        if name not in dims:
-            named = f"the symbolic dims are {sorted(dims)}" if dims else "no input has one"
-            raise RecipeError(
-                f"check.dims sets '{name}', which no input's shape names"
-                f"{did_you_mean(name, sorted(dims))}; {named}",
-                recipe.place("check", "dims", name),
-            )
-
-
-def _apply_input_overrides(model: onnx.ModelProto, recipe: Recipe) -> None:
-    """Write the recipe's declared input shapes into the model, once its names are checked
-    against the model (:func:`check_model_names`)."""
-    check_model_names(model, recipe)
-    inputs = {value.name: value for value in model.graph.input}
-    for name, spec in recipe.inputs.items():
-        if spec.shape is None:
-            continue
-        shape = inputs[name].type.tensor_type.shape
-        if len(spec.shape) != len(shape.dim):
-            raise DataError(
-                f"input '{name}' has rank {len(shape.dim)}, "
-                f"the recipe gives {len(spec.shape)} dims",
-                recipe.place("inputs", name, "shape"),
-            )
-        for index, (dim, value) in enumerate(zip(shape.dim, spec.shape)):
-            _check_declared_dim(recipe, name, index, feeds.declared_dim(dim), value)
-            dim.Clear()
-            if isinstance(value, int):
-                dim.dim_value = value
-            else:
-                dim.dim_param = value
-
-
-def _check_declared_dim(recipe: Recipe, name: str, index: int, fixed: Any, value: Any) -> None:
-    """A recipe dim may name or size a dynamic model dim, never change a fixed one: the
-    reference is the original model, which rejects any other size."""
-    if not isinstance(fixed, int) or value == fixed:
-        return
-    where = recipe.place("inputs", name, "shape", index)
-    what = f"input '{name}' dim {index} is fixed at {fixed} in the model"
-    if isinstance(value, int):
-        raise DataError(f"{what}; the recipe gives {value}", where)
-    size = recipe.check.dims.get(value)
-    if size is None and recipe.check.data.kind == "synthetic":
-        raise DataError(
-            f"{what}; the recipe names it '{value}', which check.dims does not set "
-            f"(synthetic data would use {feeds.DEFAULT_DIM}): set check.dims.{value}: {fixed}",
-            where,
-        )
-    if size is not None and size != fixed:
-        raise DataError(f"{what}; the recipe names it '{value}', check.dims gives {size}", where)
-
-
-def _check_feeds(recipe: Recipe, model: onnx.ModelProto) -> tuple[list[feeds.Feed], str]:
-    """The check inputs and a description of where they came from."""
-    infos = feeds.model_inputs(model)
-    check = recipe.check
-    ranges = recipe.input_ranges()
-    if check.data.kind != "synthetic":
-        source = DataSet(check.data, infos, check.dims, ranges)
-        return source.take(check.samples), check.data.describe()
-    data = feeds.synthetic_feeds(infos, check.samples, check.seed, check.dims, ranges)
-    return data, f"synthetic (seed {check.seed})"
-
-
-def _pass_data(
-    recipe: Recipe, model: onnx.ModelProto, check_feeds: list[feeds.Feed]
-) -> tuple[DataSet, list[feeds.Feed]]:
-    """The calibration data set (streamed by the passes that need it; synthetic when the
-    recipe declares none) and the validation feeds (default: the check feeds). The first
-    calibration feed is read when a pass needs it, so bad data fails before any work."""
-    infos = feeds.model_inputs(model)
-    spec = recipe.data.calibration or DataSource(synthetic=SyntheticSource(seed=recipe.check.seed))
-    calibration = DataSet(spec, infos, recipe.check.dims, recipe.input_ranges())
-    validation = check_feeds
-    if recipe.data.validation is not None:
-        source = DataSet(recipe.data.validation, infos, recipe.check.dims, recipe.input_ranges())
-        validation = list(source.feeds())
-    return calibration, validation
-
-
-class _Reference:
-    """The original model on ONNX Runtime CPU, and its outputs on the check feeds."""
-
-    def __init__(self, model_path: Path, data: list[feeds.Feed]) -> None:
-        try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
-            session = session_loader(model_path)()
-        except ort_backend.LOAD_ERRORS as error:
-            model = onnx.load(str(model_path), load_external_data=False)
-            raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
-        self.outputs = accuracy.run(OnnxrtRunner(session, name="reference"), data)
-        del session  # a large model's session is not held while the passes run
-        self.runner = OnnxrtRunner(session_loader(model_path), name="reference")
+    return graph_io.save_graph(graph, Path(output), source, __version__, external_data)
 
 
 JUDGED_SAMPLES = 2
@@ -415,7 +269,7 @@ def _stage_judge(
     model_path: Path,
     scratch: Path,
     data: list[feeds.Feed],
-    reference: _Reference,
+    reference: Reference,
 ) -> tuple[StageJudge | None, Callable[[Outputs], accuracy.AccuracyResult] | None]:
     """What proves each pass of a compile, and (``verify_passes``) what judges each stage's
     accuracy against the reference. A model over 1 GiB is proven once, as an artifact:
@@ -424,7 +278,7 @@ def _stage_judge(
         log.info("stages of a model over 1 GiB are not proven one by one")
         return None, None
     count = len(data) if recipe.check.verify_passes else min(len(data), JUDGED_SAMPLES)
-    judge = StageJudge(source, scratch, data[:count], _version())
+    judge = StageJudge(source, scratch, data[:count], __version__)
     judge.start([dict(r) for r in reference.outputs[:count]])
     if not recipe.check.verify_passes:
         return judge, None
@@ -629,7 +483,7 @@ def compile(
     cache_root = [store.root] if store is not None else []
     check_output(out, [*recipe.input_paths(), *cache_root], force)
     # Calibration caches its ranges beside the stages, or nowhere when the cache is off.
-    with _quiet_polygraphy(), ranges_cache(store.ranges if store is not None else None):
+    with quiet_polygraphy(), ranges_cache(store.ranges if store is not None else None):
         return _compile(recipe, model_path, out.resolve(), say, store)
 
 
@@ -645,13 +499,13 @@ def _compile(
     except TrtoptError as error:
         raise type(error)(error.message, f"{recipe.place('model')}: {model_path}") from None
     refuse_inputs(out, external_data_files(source, model_path.parent))
-    _apply_input_overrides(source, recipe)
+    apply_input_overrides(source, recipe)
     golden = gate.golden_for_recipe(recipe, source)  # a missing or stale one fails before work
-    data, data_source = _check_feeds(recipe, source)
+    data, data_source = check_feeds(recipe, source)
     backend = _backend(recipe, source)
     unavailable = backend.unavailable()
     pipeline = instantiate(recipe.passes)
-    calibration, validation = _pass_data(recipe, source, data)
+    calibration, validation = pass_data(recipe, source, data)
     plan = compile_key = None
     if store is not None:
         plan = _plan(store, recipe, model_path, source, data, calibration, validation)
@@ -663,7 +517,7 @@ def _compile(
             if hit is not None:
                 say("unchanged: artifacts from the cache")
                 return _from_cache(hit, recipe, model_path, out, store)
-    reference = _Reference(model_path, data)
+    reference = Reference(model_path, data)
 
     staging = stage_output(out)
     try:

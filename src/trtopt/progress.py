@@ -7,9 +7,8 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
-
-from tqdm import tqdm
 
 LOG_INTERVAL_S = float(os.environ.get("TRTOPT_PROGRESS_SECONDS", "5"))
 """Seconds between progress lines in a log (no terminal), and before the first: work that
@@ -28,25 +27,33 @@ def is_quiet() -> bool:
     return _quiet
 
 
-class _LogLines(tqdm):
-    """tqdm's own status line, written as whole lines (no carriage returns) for logs."""
+@cache
+def _log_lines() -> type:
+    """tqdm, imported when a bar is first shown (the command line starts without it), and its
+    subclass that writes its status line as whole lines (no carriage returns) for logs."""
+    from tqdm import tqdm
 
-    def display(self, msg: str | None = None, pos: int | None = None) -> bool:
-        self.fp.write((msg or self.__str__()) + "\n")
-        self.fp.flush()
-        return True
+    class LogLines(tqdm):
+        def display(self, msg: str | None = None, pos: int | None = None) -> bool:
+            self.fp.write((msg or self.__str__()) + "\n")
+            self.fp.flush()
+            return True
+
+    return LogLines
 
 
 @contextmanager
 def bar(description: str, total: int | None = None, unit: str = "it") -> Iterator[Any]:
     """A progress bar for ``total`` steps; call ``.update(n)`` on what it yields."""
     stream = sys.stderr
+    log_lines = _log_lines()
+    tqdm = log_lines.__base__
     if _quiet:
         with tqdm(total=total, disable=True) as disabled:
             yield disabled
         return
     terminal = stream.isatty()
-    kind = tqdm if terminal else _LogLines
+    kind = tqdm if terminal else log_lines
     interval = 0.1 if terminal else LOG_INTERVAL_S
     with kind(
         total=total,

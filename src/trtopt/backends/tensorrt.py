@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from ..errors import BackendUnavailableError, BuildError, UserError
+from ..lint.parser import parse_errors
 from .base import BuildResult
 from .profiles import Profiles
 
@@ -429,8 +430,6 @@ class TensorrtBackend:
         """A BuildError naming the ONNX node the parser rejected, or TensorRT's own errors."""
         what = f"{self.flavour.title} {trt.__version__}"
         if PARSE_FAILED in message:
-            from ..lint.parser import parse_errors
-
             issues = parse_errors(trt, model_path)
             if issues:
                 first = issues[0]

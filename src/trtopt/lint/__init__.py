@@ -12,16 +12,16 @@ import importlib
 import importlib.util
 import re
 import tempfile
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..model import load_model, save_model
 from .parser import parse_errors
-from .rules import ERROR, RULES, WARNING, Finding, GraphView
+from .rules import ERROR, RULES, WARNING, Finding, GraphView, compute_capability
 from .support import TARGETS, Target
 
 PARSER_MODULE = "tensorrt_rtx"
@@ -77,8 +77,6 @@ class LintReport:
 
 def _target(name: str) -> Target:
     if name not in TARGETS:
-        from ..errors import did_you_mean
-
         raise UserError(
             f"unknown lint target '{name}'{did_you_mean(name, TARGETS)}; "
             f"choose one of {', '.join(TARGETS)}"
@@ -118,15 +116,22 @@ def lint_model(
     strict: bool = False,
     parse: bool = True,
     skip: Collection[str] = (),
+    compute_capabilities: Sequence[str] | None = None,
 ) -> LintReport:
     """Lint ``model`` (a path or a ModelProto) for ``target`` (tensorrt-10, tensorrt-11,
     tensorrt-rtx).
 
     ``profiles`` names the inputs the build gives optimization profiles (None when unknown);
-    ``parse=False`` skips the real parser; ``skip`` names rules not to run. With ``strict``,
-    error-level findings raise a LintError (exit 2) that lists them.
+    ``parse=False`` skips the real parser; ``skip`` names rules not to run;
+    ``compute_capabilities`` the GPUs the engine is for ("8.9", "12.0"; None when unknown).
+    With ``strict``, error-level findings raise a LintError (exit 2) that lists them.
     """
     spec = _target(target)
+    for capability in compute_capabilities or ():
+        try:
+            compute_capability(capability)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     path = Path(model) if isinstance(model, (str, Path)) else None
     proto = load_model(path) if path is not None else model
     report = LintReport(target)
@@ -136,7 +141,7 @@ def lint_model(
                 path = Path(scratch) / "model.onnx"
                 save_model(proto, path)
             report.findings, report.parser = _parser_findings(path)
-    view = GraphView.of(proto, spec, profiles)
+    view = GraphView.of(proto, spec, profiles, compute_capabilities)
     parsed_nodes = {f.node for f in report.findings}
     for rule in RULES.values():
         if rule.name in skip:

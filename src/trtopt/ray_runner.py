@@ -1,7 +1,7 @@
 """Many recipes on a Ray cluster: one task per recipe, resources by backend, artifacts shipped
 back into the caller's output folders.
 
-Ray is an optional extra, imported only here and only when a farm is used. A worker reads the
+Ray is an optional extra, imported only here and only when a cluster is used. A worker reads the
 model, data and plugin files from the paths the recipe names (shared storage), compiles into
 a temporary folder and returns that folder's files; the caller stages them beside the output
 and swaps them in, so a failed or interrupted transfer leaves the previous output intact.
@@ -125,7 +125,7 @@ class _Shipped:
 
 def _compile_task(task: _Task) -> _Shipped:
     """Runs on a worker: compile into a temporary folder, return its files."""
-    with tempfile.TemporaryDirectory(prefix="trtopt-farm-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="trtopt-ray-") as scratch:
         out = Path(scratch) / Path(task.output_dir).name
         job = Job(task.recipe, str(out), [], task.cache_dir, task.use_cache)
         try:

@@ -25,7 +25,7 @@ import yaml
 import trtopt
 from helpers import ROOT, run_cli
 from trtopt.cli import main
-from trtopt.farm import Resources, resources_for, unsatisfiable
+from trtopt.ray_runner import Resources, resources_for, unsatisfiable
 
 RECIPES = ROOT / "recipes"
 RAY_ENV = {
@@ -225,7 +225,7 @@ def test_recipes_compile_on_the_cluster_as_they_do_locally(tmp_path, cluster):
     for name in ("quickstart", "cnn-fp16"):
         shipped = out / name
         text = (shipped / "report.json").read_text()
-        assert "trtopt-farm-" not in text  # no path into the worker's temporary folder
+        assert "trtopt-ray-" not in text  # no path into the worker's temporary folder
         remote = json.loads(text)
         assert remote["output_dir"] == str(shipped)
         assert remote["built_on"]["ray_node"]

@@ -1,0 +1,67 @@
+"""ONNX Runtime and Polygraphy plumbing: quiet logging, the reference run, and the runner that
+checks an artifact (the ONNX graph it was built from, where the artifact cannot run here)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import onnx
+from polygraphy.backend.base import BaseRunner
+from polygraphy.backend.onnxrt import OnnxrtRunner
+from polygraphy.logger import G_LOGGER
+
+from . import accuracy
+from .backends import Backend, BuildResult
+from .backends import onnxruntime as ort_backend
+from .backends.onnxruntime import session_loader
+from .errors import ModelError
+from .feeds import Feed
+
+ARTIFACT_CHECKED = "artifact"
+GRAPH_CHECKED = "final ONNX graph on ONNX Runtime"
+"""What a check ran: the artifact itself, or the graph it was built from."""
+
+
+@contextmanager
+def quiet_polygraphy() -> Iterator[None]:
+    """Polygraphy logs every step (and every failed comparison) itself; trtopt reports for
+    itself, so only Polygraphy's critical errors, which it raises anyway, get through."""
+    colors, G_LOGGER.colors = G_LOGGER.colors, False
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+            yield
+    finally:
+        G_LOGGER.colors = colors
+
+
+class Reference:
+    """The original model on ONNX Runtime CPU, and its outputs on the given feeds."""
+
+    def __init__(self, model_path: Path, data: list[Feed]) -> None:
+        try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
+            session = session_loader(model_path)()
+        except ort_backend.LOAD_ERRORS as error:
+            model = onnx.load(str(model_path), load_external_data=False)
+            raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
+        self.outputs = accuracy.run(OnnxrtRunner(session, name="reference"), data)
+        del session  # a large model's session is not held while the passes run
+        self.runner = OnnxrtRunner(session_loader(model_path), name="reference")
+
+
+def artifact_runner(
+    backend: Backend, build: BuildResult, graph: Path, unavailable: str | None = None
+) -> tuple[BaseRunner, str | None]:
+    """A runner for ``build``'s artifact, and None; or, where it cannot run here (its backend
+    is ``unavailable``, or it needs a GPU), one for ``graph``, the ONNX graph it was built
+    from, and why."""
+    reason = unavailable or backend.unavailable() or backend.cannot_run(build)
+    if reason is None:
+        return backend.runner(build), None
+    return OnnxrtRunner(session_loader(graph), name="artifact"), reason
+
+
+def checked(reason: str | None) -> str:
+    """What a check ran, given why the artifact could not run (None: it ran)."""
+    return ARTIFACT_CHECKED if reason is None else GRAPH_CHECKED
