@@ -318,6 +318,78 @@ class CacheSpec(Strict):
     precedence; default: the platform's user cache folder."""
 
 
+ServedName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+"""A served model's name (a folder of the repository): letters, digits, '.', '_' and '-'."""
+BatchSize = Annotated[int, Field(ge=1)]
+ModelVersion = Annotated[int, Field(ge=1)]
+"""A model version: a numbered folder of the repository."""
+
+
+class TritonInstances(Strict):
+    """Triton's instance group: how many copies of the model run, and on what."""
+
+    count: Annotated[int, Field(ge=1)] = 1
+    """Instances of the model on each device."""
+    kind: Literal["gpu", "cpu"] | None = None
+    """Where the instances run; default: gpu for an engine, cpu for an ONNX model."""
+    gpus: list[Annotated[int, Field(ge=0)]] = []
+    """GPU device ids the instances run on (kind gpu); empty: every GPU."""
+
+    @model_validator(mode="after")
+    def _gpus_need_gpu(self) -> TritonInstances:
+        if self.gpus and self.kind == "cpu":
+            raise ValueError("`gpus` names GPUs, but `kind` is cpu")
+        return self
+
+
+class TritonOptions(Strict):
+    """A Triton Inference Server model repository entry written from a compile: the config
+    (names, data types, dims, batching) is derived from the final ONNX graph and the engine's
+    optimization profiles; these options only choose what the compile cannot know."""
+
+    repository: str | None = None
+    """Model repository folder the compile writes <name>/config.pbtxt and <name>/<version>/
+    into; relative to the recipe. `trtopt deploy RECIPE --triton REPO` names one instead."""
+    name: ServedName | None = None
+    """The model's name in the repository; default: the recipe's name."""
+    version: ModelVersion | None = None
+    """Version folder to write; default: one more than the highest in the repository. An
+    existing version is never replaced."""
+    serve: Literal["artifact", "onnx"] = "artifact"
+    """artifact: the build's artifact (an engine as model.plan on Triton's TensorRT backend,
+    an ONNX model on its ONNX Runtime backend); onnx: the final ONNX graph on the ONNX Runtime
+    backend, whatever the build."""
+    max_batch_size: Annotated[int, Field(ge=0)] | None = None
+    """Largest batch Triton forms; 0 serves the model unbatched. Default: from the
+    optimization profiles when the first dim of every input and output is a batch dim (the
+    largest batch the profiles cover from 1), else 0."""
+    dynamic_batching: bool = True
+    """Let Triton's dynamic batcher combine requests (when max_batch_size > 0)."""
+    preferred_batch_sizes: list[BatchSize] | None = None
+    """Batch sizes the dynamic batcher aims for; default: the profiles' opt batch sizes."""
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
+    """How long the dynamic batcher may hold a request to form a larger batch."""
+    instances: TritonInstances = TritonInstances()
+    version_policy: Annotated[int, Field(ge=1)] | Literal["all"] | list[ModelVersion] = 1
+    """Versions Triton serves: a number N serves the newest N (Triton's default: 1), `all`
+    every version, a list of numbers those versions."""
+
+    @model_validator(mode="after")
+    def _batching_consistent(self) -> TritonOptions:
+        if self.preferred_batch_sizes and not self.dynamic_batching:
+            raise ValueError("`preferred_batch_sizes` needs `dynamic_batching: true`")
+        if isinstance(self.version_policy, list) and not self.version_policy:
+            raise ValueError("`version_policy` lists no version")
+        return self
+
+
+class DeploySpec(Strict):
+    """Where a compile's artifact goes once it passes."""
+
+    triton: TritonOptions | None = None
+    """A Triton Inference Server model repository entry."""
+
+
 class PassSpec(Strict):
     name: str
     options: dict[str, Any] = {}
@@ -341,6 +413,7 @@ class Recipe(Strict):
     plugins: list[str] = []
     """Python files defining extra passes; loaded before the passes are validated."""
     cache: CacheSpec = CacheSpec()
+    deploy: DeploySpec = DeploySpec()
     strict: bool = False
     """A pass whose result fails to load, fails the ONNX checker, changes the outputs of a
     pass that must keep them, or raises, is rolled back and the compile goes on; true: such a
@@ -453,6 +526,7 @@ PATH_FIELDS: tuple[KeyPath, ...] = (
     ("cache", "dir"),
     ("check", "golden"),
     ("check", "baseline"),
+    ("deploy", "triton", "repository"),
 )
 
 
