@@ -128,9 +128,10 @@ def test_large_models_keep_only_the_stages_of_passes_that_read_data(
     tmp_path, write_recipe, monkeypatch
 ):
     """Writing a multi-GiB stage costs more than recomputing a pass that reads no data."""
-    from trtopt import pipeline
+    from trtopt import pipeline, stages
 
-    monkeypatch.setattr(pipeline, "EXTERNAL_DATA_THRESHOLD", 1024)  # the model counts as large
+    for module in (pipeline, stages):  # the model counts as large
+        monkeypatch.setattr(module, "EXTERNAL_DATA_THRESHOLD", 1024)
     plugin = tmp_path / "count_feeds.py"
     plugin.write_text(READS_FEEDS)
     recipe = _recipe(tmp_path, passes=["cleanup", "count-feeds"], plugins=[str(plugin)])

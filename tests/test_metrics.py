@@ -58,3 +58,11 @@ def test_a_missing_or_reshaped_output_is_a_reason_not_a_number():
     assert measured["a"] == "shape [4] != reference [3]"
     assert measured["b"] == "missing from the artifact's outputs"
     assert math.isnan(metric_values("cosine", reference, candidate)[0])
+
+
+def test_boolean_outputs_are_measured_as_zeros_and_ones():
+    reference = [{"mask": np.array([True, False, True, True])}]
+    candidate = [{"mask": np.array([True, True, True, True])}]
+    measured = metrics.measure(reference, candidate)["mask"]
+    assert not isinstance(measured, str)
+    assert measured["max_abs"] == 1.0 and measured["mean_abs"] == 0.25

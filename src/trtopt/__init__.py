@@ -34,7 +34,8 @@ _EXPORTS = {
     "lint": ("LintError", "LintReport", "lint_model"),
     "model": ("load_model", "save_model"),
     "passes": ("Pass", "PassContext", "PassOptions", "available_passes", "register_pass"),
-    "pipeline": ("CompileResult", "compile", "optimize", "optimize_file"),
+    "optimizer": ("optimize", "optimize_file"),
+    "pipeline": ("CompileResult", "compile"),
     "ray_runner": ("compile_on_ray",),
     "recipe": ("Recipe", "json_schema", "load_recipe"),
     "stages": ("Rollback", "RolledBack"),
@@ -76,8 +77,9 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .junit import junit_xml, write_junit
     from .lint import LintError, LintReport, lint_model
     from .model import load_model, save_model
+    from .optimizer import optimize, optimize_file
     from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
-    from .pipeline import CompileResult, compile, optimize, optimize_file
+    from .pipeline import CompileResult, compile
     from .ray_runner import compile_on_ray
     from .recipe import Recipe, json_schema, load_recipe
     from .stages import Rollback, RolledBack

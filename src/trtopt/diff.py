@@ -26,7 +26,7 @@ from typing import Any
 
 from . import jsontext
 from .errors import EXIT_ACCURACY, EXIT_OK, UserError
-from .report import format_value
+from .formatting import format_value
 
 DEFAULT_MARGIN = 0.1
 """A metric may get 10% worse (in error space) before it counts as a regression."""

@@ -22,22 +22,22 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from . import accuracy, feeds
-from .backends import BuildResult, get_backend
+from ._version import versions
+from .backends import ONNX_ARTIFACT, BuildResult, get_backend
 from .backends.onnxruntime import session_loader
 from .backends.tensorrt import ENGINE_FILE
 from .calibration import DataSet
 from .errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from .feeds import Feed
+from .formatting import format_limit, format_metric, format_value
 from .golden import Golden, GoldenError, golden_bytes, load_golden, write_golden
 from .inputs import apply_input_overrides, check_feeds, check_model_names
 from .metrics import DEFAULT_QUANTILE
 from .model import load_model, model_sha256
 from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds, load_recipe
-from .report import format_limit, format_metric, format_value, versions
 from .session import ARTIFACT_CHECKED, Reference, artifact_runner, checked, quiet_polygraphy
 
 CHECK_SCHEMA_VERSION = 1
-ONNX_ARTIFACT = "model.onnx"
 
 
 @dataclass
@@ -146,6 +146,10 @@ class ShapeCheck:
     label: str
     shapes: dict[str, list[int]]
     accuracy: accuracy.AccuracyResult
+
+    @property
+    def passed(self) -> bool:
+        return self.accuracy.passed
 
     def failures(self) -> list[str]:
         return [f"{self.label} {self.shapes}: {line}" for line in self.accuracy.failures()]

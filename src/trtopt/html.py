@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .report import describe_coverage, format_limit, format_metric, format_value
+from .formatting import describe_coverage, format_limit, format_metric, format_value
 
 SCATTER_POINTS = 4000
 """Most points a scatter plot draws (an even stride through the values): enough to see the

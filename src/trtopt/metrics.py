@@ -72,8 +72,8 @@ def measure(
         SnrCompareFunc,
     )
 
-    ref = [IterationResult(dict(r), runner_name="reference") for r in reference]
-    got = [IterationResult(dict(c), runner_name="candidate") for c in candidate]
+    ref = [IterationResult(_numeric(r), runner_name="reference") for r in reference]
+    got = [IterationResult(_numeric(c), runner_name="candidate") for c in candidate]
     present = [n for n in ref[0] if all(n in c for c in got)]
     measured: dict[str, Measured | str] = {
         name: "missing from the artifact's outputs" for name in ref[0] if name not in present
@@ -125,6 +125,15 @@ def measure(
             "topk": topk_agreement(reference, candidate, name, k) if scores else None,
         }
     return {name: measured[name] for name in ref[0]}
+
+
+def _numeric(feed: Feed) -> Feed:
+    """Boolean outputs as 0.0/1.0 (an error of 1 where they differ): Polygraphy's quantile and
+    SNR subtract arrays, which NumPy refuses for booleans."""
+    return {
+        n: a.astype(np.float32) if isinstance(a, np.ndarray) and a.dtype == np.bool_ else a
+        for n, a in feed.items()
+    }
 
 
 def worst(metric: str, values: Sequence[float | None]) -> float:

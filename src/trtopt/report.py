@@ -2,71 +2,118 @@
 
 from __future__ import annotations
 
-import math
-import platform
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import jsontext
-from ._version import installed
+from ._version import versions
+from .accuracy import AccuracyResult
+from .errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
+from .feeds import Feed
+from .formatting import describe_coverage, format_limit, format_metric
+from .gate import CheckResult, ShapeCheck
+from .session import checked as checked_what
+from .stages import PassRecord, kept_in_higher_precision, quantized_coverage
 
 SCHEMA_VERSION = 1
 """report.json's format version. The file is strict JSON (jsontext): a metric that is not a
 finite number is the string "NaN", "Infinity" or "-Infinity"; null means not computed."""
-TRACKED_PACKAGES = (
-    "trtopt",
-    "onnx",
-    "onnxruntime",
-    "onnx-graphsurgeon",
-    "polygraphy",
-    "numpy",
-    "pydantic",
-)
 
 
 KEPT_SHOWN = 5
 """Nodes kept in higher precision that the terminal summary names (report.md lists all)."""
 
 
-def versions() -> dict[str, str | None]:
-    """Python's and every tracked package's version (None when not installed)."""
-    found: dict[str, str | None] = {"python": platform.python_version()}
-    return found | {package: installed(package) for package in TRACKED_PACKAGES}
+@dataclass
+class Checked:
+    """What a compile's check found: the accuracy on the check feeds (and the artifact's
+    outputs there), at every profile shape, on the golden file; and the latency."""
+
+    accuracy: AccuracyResult
+    outputs: list[Feed]
+    shapes: list[ShapeCheck] = field(default_factory=list)
+    golden: CheckResult | None = None
+    latency: dict[str, Any] | None = None
+
+    @property
+    def passed(self) -> bool:
+        golden_passed = self.golden is None or self.golden.passed
+        return self.accuracy.passed and golden_passed and all(c.passed for c in self.shapes)
+
+
+def compile_report(
+    *,
+    recipe: dict[str, Any],
+    out: Path,
+    model: dict[str, Any],
+    records: list[PassRecord],
+    first_diverging: str | None,
+    build: dict[str, Any],
+    checked: Checked,
+    data_source: str,
+    not_run: tuple[str, str] | None,
+    strict: bool,
+    unavailable: bool,
+    warnings: list[str],
+) -> dict[str, Any]:
+    """report.json's content (without its `cache` section) and the verdict: a compile passes
+    when every check passed, no stage diverged, and (``strict``) no pass was rolled back; a
+    compile whose backend was ``unavailable`` is incomplete (exit 2) whatever its accuracy.
+    ``not_run``: (backend, why) when the artifact could not run and its graph was checked."""
+    rollbacks = [f"pass '{r.name}' rolled back: {r.rolled_back}" for r in records if r.rolled_back]
+    strict_failure = strict and bool(rollbacks)
+    passed = checked.passed and first_diverging is None and not strict_failure
+    exit_code, verdict = (EXIT_OK, "pass") if passed else (EXIT_ACCURACY, "fail")
+    if unavailable:  # the accuracy verdict stands; the compile itself is incomplete
+        exit_code, verdict = EXIT_USER, "incomplete"
+    shapes_passed = all(c.passed for c in checked.shapes)
+    failures = [
+        *(f"{line} (strict)" for line in (rollbacks if strict_failure else [])),
+        *checked.accuracy.failures(),
+        *(line for c in checked.shapes for line in c.failures()),
+        *(f"golden: {f}" for f in (checked.golden.failures() if checked.golden else [])),
+    ]
+    if first_diverging:
+        failures.insert(0, f"pass '{first_diverging}' is the first whose outputs diverge")
+    golden = None
+    if checked.golden is not None:
+        golden = checked.golden.to_json()
+        golden.pop("versions")  # the report's own
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "verdict": verdict,
+        "exit_code": exit_code,
+        "output_dir": str(out),
+        "versions": versions(),
+        "recipe": recipe,
+        "model": model,
+        "passes": [r.to_json() for r in records],
+        "first_diverging_pass": first_diverging,
+        "rolled_back": rollbacks,
+        "build": build,
+        "accuracy": {
+            **checked.accuracy.to_json(),
+            **({} if shapes_passed else {"verdict": "fail"}),
+            "data": data_source,
+            "failures": failures,
+            "profiles": [c.to_json() for c in checked.shapes],
+            "checked": checked_what(None if not_run is None else not_run[1]),
+            "artifact_not_run": None
+            if not_run is None
+            else f"the {not_run[0]} artifact itself was not run: {not_run[1]}",
+        },
+        "golden": golden,
+        "latency": checked.latency,
+        "kept_in_higher_precision": kept_in_higher_precision(records),
+        "int8_coverage": quantized_coverage(records),
+        "warnings": list(warnings),
+    }
 
 
 def write_reports(report: dict[str, Any], out_dir: Path) -> None:
     (out_dir / "report.json").write_text(jsontext.dumps(report, indent=2) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
-
-
-def format_value(value: Any, digits: int = 4) -> str:
-    """A metric or setting for people: floats to ``digits`` significant digits, None as '-'."""
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def format_limit(limit: Any) -> str:
-    """A metric's limit as the recipe wrote it (0.99999, not 1)."""
-    return f"{limit:.10g}" if isinstance(limit, float) else format_value(limit)
-
-
-def format_metric(value: Any, limit: Any = None, digits: int = 4) -> str:
-    """A metric for people, to one decimal past its limit's precision where 4 significant
-    digits would hide the difference (a cosine of 0.9999987 against 0.99999 shows 0.999999,
-    not 1)."""
-    text = format_value(value, digits)
-    if not isinstance(value, float) or not isinstance(limit, int | float):
-        return text
-    limit_text = format_limit(float(limit))
-    if not math.isfinite(value) or "e" in text or "e" in limit_text:
-        return text
-    decimals = len(limit_text.partition(".")[2]) + 1
-    if decimals <= len(text.partition(".")[2]):
-        return text
-    return f"{value:.{decimals}f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -146,18 +193,6 @@ def markdown(report: dict[str, Any]) -> str:
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {line}" for line in warnings)]
     return "\n".join(lines) + "\n"
-
-
-def describe_coverage(coverage: dict[str, Any]) -> str:
-    """One line: how much of the quantizable compute an INT8 pass quantized."""
-    layers, macs = coverage["layers"], coverage["macs"]
-    text = f"{layers['quantized']} of {layers['quantizable']} quantizable layers in INT8"
-    if macs["quantizable"]:
-        share = 100.0 * macs["quantized"] / macs["quantizable"]
-        text += f", {share:.1f}% of {macs['quantizable']:,} MACs (dynamic dims as 1)"
-    if macs.get("unknown_layers"):
-        text += f"; {macs['unknown_layers']} layers of unknown shape not counted"
-    return text
 
 
 def _accuracy_table(accuracy: dict[str, Any]) -> list[str]:

@@ -37,7 +37,7 @@ def quiet_polygraphy() -> Iterator[None]:
 
 
 class Reference:
-    """The original model on ONNX Runtime CPU, and its outputs on the given feeds."""
+    """The original model on ONNX Runtime CPU: its feeds, its outputs on them, and a runner."""
 
     def __init__(self, model_path: Path, data: list[Feed]) -> None:
         try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
@@ -45,6 +45,7 @@ class Reference:
         except ort_backend.LOAD_ERRORS as error:
             model = onnx.load(str(model_path), load_external_data=False)
             raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
+        self.feeds = data
         self.outputs = accuracy.run(OnnxrtRunner(session, name="reference"), data)
         del session  # a large model's session is not held while the passes run
         self.runner = OnnxrtRunner(session_loader(model_path), name="reference")

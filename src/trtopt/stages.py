@@ -8,19 +8,28 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from pydantic import ValidationError
 
-from . import graph_io
-from .errors import EXIT_ACCURACY, PassError, TrtoptError
+from . import accuracy, graph_io
+from ._version import __version__
+from .cache import Entry, Plan, StageCache, WatchedContext, digest, snapshot, written
+from .errors import EXIT_ACCURACY, PassError, RecipeError, TrtoptError, did_you_mean
 from .feeds import Feed
-from .model import load_model
-from .passes import Pass, PassContext
+from .model import EXTERNAL_DATA_THRESHOLD, load_model, op_histogram
+from .passes import Pass, PassContext, PassResult, get_pass
+from .recipe import PassSpec, Recipe
 from .usercode import ExitAttempt, no_exit
 
 log = logging.getLogger("trtopt")
@@ -32,6 +41,8 @@ output's largest magnitude (at least 1)."""
 EXACT_ATOL = 1e-4
 
 Outputs = list[dict[str, np.ndarray]]
+PassItem = str | dict[str, Any] | PassSpec
+"""A pass as a caller names it: its name, ``{name: options}``, or a recipe's PassSpec."""
 
 
 class RolledBack(TrtoptError):
@@ -149,11 +160,13 @@ def _first_line(error: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
-    """Run one pass. A user error it raises (bad data, a bad option) goes on as it is; any
-    other failure becomes a PassError that names the pass, so the caller can roll it back.
-    A pass (a plugin's) that calls ``sys.exit`` or ``os._exit`` cannot end trtopt: that is a
-    PassError too, which no caller rolls back."""
+def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> PassResult:
+    """Run one pass; what it returned, as a PassResult whose ``modified`` is known (compared
+    by :func:`graph_signature` where the pass did not say). A user error it raises (bad
+    data, a bad option) goes on as it is; any other failure becomes a PassError that names
+    the pass, so the caller can roll it back. A pass (a plugin's) that calls ``sys.exit`` or
+    ``os._exit`` cannot end trtopt: that is a PassError too, which no caller rolls back."""
+    before = graph_signature(graph)
     try:
         with no_exit():
             result = pass_.run(graph, ctx)
@@ -167,8 +180,13 @@ def run_pass(pass_: Pass, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         elif isinstance(error, ExitAttempt):
             detail = f"called os._exit({error.code!r}) (in {source})"
         raise PassError(f"pass '{pass_.name}' failed: {detail}") from error
-    if not isinstance(result, gs.Graph):
-        raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not a gs.Graph")
+    if isinstance(result, gs.Graph):
+        result = PassResult(result)
+    if not isinstance(result, PassResult) or not isinstance(result.graph, gs.Graph):
+        what = type(result.graph if isinstance(result, PassResult) else result).__name__
+        raise PassError(f"pass '{pass_.name}' returned {what}, not a gs.Graph or PassResult")
+    if result.modified is None:
+        result.modified = graph_signature(result.graph) != before
     return result
 
 
@@ -188,16 +206,16 @@ def run_chain(
     ``restore`` (the graph before it) until a later stage is accepted."""
     rollbacks = []
     for pass_ in passes:
-        signature = graph_signature(graph)
         try:
-            graph = run_pass(pass_, graph, ctx)
+            result = run_pass(pass_, graph, ctx)
         except PassError as error:
             if isinstance(error.__cause__, (SystemExit, ExitAttempt)):
                 raise
             rollbacks.append(Rollback(pass_.name, failure(pass_, error)))
             graph = restore()
             continue
-        if graph_signature(graph) == signature:
+        graph = result.graph
+        if not result.modified:
             continue
         reason, path, _ = judge.judge(graph, pass_.exact)
         if reason is not None:
@@ -233,3 +251,251 @@ def graph_signature(graph: gs.Graph) -> str:
     io = [t.name for t in (*graph.inputs, *graph.outputs)]
     digest.update(repr(io).encode())
     return digest.hexdigest()
+
+
+def instantiate(items: Sequence[PassItem]) -> list[Pass]:
+    """Pass objects from names, `{name: options}` dicts or PassSpecs, options validated."""
+    passes = []
+    for item in items:
+        if isinstance(item, str):
+            spec = PassSpec(name=item)
+        elif isinstance(item, dict) and len(item) == 1:
+            ((name, options),) = item.items()
+            spec = PassSpec(name=name, options=options or {})
+        elif isinstance(item, PassSpec):
+            spec = item
+        else:
+            raise RecipeError(f"a pass is a name or {{name: options}}, not {item!r}")
+        cls = get_pass(spec.name)
+        try:
+            passes.append(cls(cls.Options.model_validate(spec.options)))
+        except ValidationError as error:
+            detail = error.errors()[0]
+            key = ".".join(str(k) for k in detail["loc"])
+            hint = did_you_mean(key, cls.Options.model_fields)
+            raise RecipeError(f"pass '{spec.name}': {key}: {detail['msg']}{hint}") from None
+    return passes
+
+
+@dataclass
+class PassRecord:
+    """One pass of a compile, as the report tells it (Olive's ``FootprintNode``)."""
+
+    name: str
+    options: dict[str, Any]
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+    changed: bool
+    rolled_back: str | None = None
+    """Why the pass was rolled back (None: it was kept)."""
+    op_delta: dict[str, int] = field(default_factory=dict)
+    verification: dict[str, Any] | None = None
+    """The stage's accuracy against the reference (``check.verify_passes``)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """What the pass reports about itself (its ``ctx.details``)."""
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    """Nodes the pass kept in higher precision and why (PassResult.kept)."""
+    coverage: dict[str, Any] | None = None
+    """What the pass quantized (PassResult.coverage)."""
+    cached: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PassRecord:
+        """A record as ``to_json`` wrote it; keys an older cache entry lacks take defaults."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+def kept_in_higher_precision(records: Sequence[PassRecord]) -> list[dict[str, Any]]:
+    """Every node the passes kept in higher precision and why, by ONNX node name, ready to
+    pin into the recipe (`keep_fp32.nodes`, `exclude.nodes`)."""
+    return [{"pass": r.name, **item} for r in records if not r.rolled_back for item in r.kept]
+
+
+def quantized_coverage(records: Sequence[PassRecord]) -> dict[str, Any] | None:
+    """The last quantizing pass's coverage (layers and MACs), None without one."""
+    found = None
+    for record in records:
+        if record.coverage is not None and not record.rolled_back:
+            found = {"pass": record.name, **record.coverage}
+    return found
+
+
+def run_passes(
+    recipe: Recipe,
+    pipeline: list[Pass],
+    source: onnx.ModelProto,
+    base_dir: Path,
+    ctx: WatchedContext,
+    plan: Plan | None,
+    staging: Path,
+    judge: StageJudge | None,
+    verify: Callable[[Outputs], accuracy.AccuracyResult] | None,
+    say: Callable[[str], None],
+) -> tuple[gs.Graph, list[PassRecord], str | None]:
+    """Run the passes (or take their outputs from the cache): the final graph, a record per
+    pass for the report, and the first pass whose outputs diverged (when ``verify`` is set).
+
+    ``judge`` proves each changed stage (stages.py); a pass it refuses, or one that raises,
+    is rolled back: its record says why, and nothing of it is cached or kept."""
+    graph: gs.Graph | None = graph_io.import_graph(source, base_dir)
+
+    def restore() -> gs.Graph:
+        return graph_io.import_graph(source, base_dir)
+
+    histogram = op_histogram(source)
+    records, first_diverging = [], None
+    pending: Entry | None = None  # a cached stage not loaded yet (maybe never)
+    for index, pass_ in enumerate(pipeline):
+        say(f"pass {pass_.name}")
+        entry = None
+        if plan is not None:
+            base_key, key = plan.pass_key(pass_)
+            entry = plan.cache.get(key)
+        if entry is not None:
+            record = _cached_stage(entry, ctx, staging)
+            histogram, graph, pending = entry.meta["histogram"], None, entry
+            plan.advance(key)
+            restore = partial(_load_stage, entry)
+            if verify is not None or not pass_.exact:
+                graph, pending = _load_stage(entry), None
+                if judge is not None:  # the next exact pass is compared with this stage
+                    judge.judge(graph, exact=False)
+        else:
+            if graph is None:
+                graph, pending = _load_stage(pending), None
+            artifacts_before, warnings_before = snapshot(staging), len(ctx.warnings)
+            ctx.data_read, ctx.details = False, {}
+            before_hist, start = histogram, time.perf_counter()
+            rolled_back, result = None, PassResult(graph, modified=False)
+            try:
+                result = run_pass(pass_, graph, ctx)
+            except PassError as error:
+                if isinstance(error.__cause__, (SystemExit, ExitAttempt)):
+                    raise PassError(error.message, recipe.place("passes", index)) from error
+                rolled_back = failure(pass_, error)
+            graph, changed = result.graph, bool(result.modified)
+            proven = None  # the stage's file, once proven
+            if changed and judge is not None:
+                rolled_back, path, _ = judge.judge(graph, pass_.exact)
+                if rolled_back is None:
+                    restore = partial(_load_path, path)
+                    # One file (no external data): the cache copies it as it is.
+                    proven = path if len(list(path.parent.iterdir())) == 1 else None
+            if rolled_back is not None:
+                graph, changed = restore(), False
+                for name in written(artifacts_before, staging):
+                    (staging / name).unlink(missing_ok=True)
+                del ctx.warnings[warnings_before:]
+                ctx.details = {}
+                ctx.warnings.append(f"pass '{pass_.name}' rolled back: {rolled_back}")
+                say(f"pass {pass_.name} rolled back: {rolled_back}")
+            seconds = time.perf_counter() - start
+            histogram = dict(sorted(Counter(node.op for node in graph.nodes).items()))
+            record = PassRecord(
+                name=pass_.name,
+                options=pass_.options.model_dump(mode="json"),
+                seconds=round(seconds, 6),
+                nodes_before=sum(before_hist.values()),
+                nodes_after=len(graph.nodes),
+                changed=changed,
+                rolled_back=rolled_back,
+                op_delta=_op_delta(before_hist, histogram),
+                details=ctx.details,
+                kept=[] if rolled_back else result.kept,
+                coverage=None if rolled_back else result.coverage,
+            )
+            # A rolled-back pass leaves the graph as it was: nothing to cache, the key stays.
+            if plan is not None and rolled_back is None:
+                if ctx.data_read and key == base_key:
+                    key = digest(base_key, "data", plan.data())
+                    plan.cache.mark_reads_data(base_key)
+                new_files = written(artifacts_before, staging)
+                new_warnings = ctx.warnings[warnings_before:]
+                # Writing a large model's stage costs more than recomputing it, unless its
+                # pass read data (calibration, range guards): only those stages are kept.
+                if ctx.data_read or not is_large(graph):
+                    _store_stage(
+                        plan.cache,
+                        key,
+                        graph,
+                        source,
+                        record,
+                        histogram,
+                        new_files,
+                        new_warnings,
+                        staging,
+                        proven,
+                    )
+                plan.advance(key)
+        if verify is not None and judge is not None and judge.outputs is not None:
+            stage = verify(judge.outputs)
+            record.verification = stage.to_json()
+            if not stage.passed and first_diverging is None:
+                first_diverging = pass_.name
+        records.append(record)
+
+    if graph is None:
+        graph = _load_stage(pending)
+    return graph, records, first_diverging
+
+
+def _cached_stage(entry: Entry, ctx: PassContext, staging: Path) -> PassRecord:
+    """A pass's record, artifacts and warnings from its cache entry."""
+    entry.restore(entry.meta["artifacts"], staging)
+    ctx.warnings.extend(entry.meta["warnings"])
+    return PassRecord.from_json({**entry.meta["record"], "cached": True})
+
+
+def _store_stage(
+    store: StageCache,
+    key: str,
+    graph: gs.Graph,
+    like: onnx.ModelProto,
+    record: PassRecord,
+    histogram: dict[str, int],
+    artifacts: list[str],
+    warnings: list[str],
+    staging: Path,
+    saved: Path | None,
+) -> None:
+    """Cache a pass's stage; ``saved``: the same graph already saved as one file (when its
+    stage was proven), copied rather than exported again."""
+    with store.writer(key, "pass") as entry:
+        if saved is not None:
+            shutil.copyfile(saved, entry.folder / "model.onnx")
+        else:
+            graph_io.save_graph(graph, entry.folder / "model.onnx", like, __version__)
+        for name in artifacts:
+            shutil.copyfile(staging / name, entry.folder / name)
+        entry.meta = {
+            "record": record.to_json(),
+            "histogram": histogram,
+            "artifacts": artifacts,
+            "warnings": list(warnings),
+        }
+
+
+def _load_stage(entry: Entry | None) -> gs.Graph:
+    assert entry is not None
+    path = entry.file("model.onnx")
+    return graph_io.import_graph(load_model(path, external_data=False), path.parent)
+
+
+def _load_path(path: Path) -> gs.Graph:
+    return graph_io.import_graph(load_model(path, external_data=False), path.parent)
+
+
+def is_large(graph: gs.Graph) -> bool:
+    """Weights past the size at which models are saved with external data (1 GiB)."""
+    return sum(graph_io.nbytes(c) for c in graph_io.constants(graph)) > EXTERNAL_DATA_THRESHOLD
+
+
+def _op_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = Counter(after)
+    delta.subtract(before)
+    return {op: n for op, n in sorted(delta.items()) if n}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Backend, BuildResult
+from .base import ONNX_ARTIFACT, Backend, BuildResult
 from .profiles import Profiles
 
 
@@ -22,4 +22,4 @@ def get_backend(name: str, options: dict[str, Any], profiles: Profiles | None = 
     raise ValueError(f"unknown backend '{name}'")
 
 
-__all__ = ["Backend", "BuildResult", "get_backend"]
+__all__ = ["ONNX_ARTIFACT", "Backend", "BuildResult", "get_backend"]

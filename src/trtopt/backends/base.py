@@ -8,6 +8,10 @@ from typing import Any, Protocol
 
 from polygraphy.backend.base import BaseRunner
 
+ONNX_ARTIFACT = "model.onnx"
+"""The final ONNX graph in an output folder: the artifact of the ONNX Runtime backend, and
+what an engine was built from, beside it."""
+
 
 @dataclass
 class BuildResult:

@@ -1,6 +1,6 @@
 """Graph passes: the interface, the registry, and the built-in passes (one module a family)."""
 
-from .base import Pass, PassContext, PassOptions
+from .base import Pass, PassContext, PassOptions, PassResult
 from .registry import available_passes, get_pass, load_plugin, register_pass
 
 # Fusions run after constant folding (they match constant weights) and before shape inference.
@@ -17,6 +17,7 @@ __all__ = [
     "Pass",
     "PassContext",
     "PassOptions",
+    "PassResult",
     "available_passes",
     "get_pass",
     "load_plugin",

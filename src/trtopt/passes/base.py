@@ -44,12 +44,29 @@ class PassContext:
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass
+class PassResult:
+    """What a pass did (as onnx-ir's ``PassResult``): the resulting graph, whether it changed
+    it, and what the report lists about it. A pass may return a bare graph instead."""
+
+    graph: gs.Graph
+    modified: bool | None = None
+    """Whether the graph changed; None (and a bare graph) lets the pipeline compare the graph's
+    structure before and after."""
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    """Nodes kept in higher precision and why, each ``{node, reason}`` (and ``op`` where
+    known): the report lists them, ready to pin into the recipe."""
+    coverage: dict[str, Any] | None = None
+    """What a quantizing pass quantized: layers and MACs, quantized and quantizable."""
+
+
 class Pass:
     """Base of every pass. Subclasses set ``Options`` and implement ``run``.
 
-    ``run`` may modify ``graph`` in place and must return the resulting graph. A pass that only
-    rewrites constant values in place must also give the tensor a new name, so that the
-    pipeline's change detection (structure, not bytes) sees it.
+    ``run`` may modify ``graph`` in place and returns the resulting graph or a
+    :class:`PassResult`. A pass that only rewrites constant values in place must say
+    ``modified=True`` or give the tensor a new name, so that change detection (structure,
+    not bytes) sees it. What the report should show about the pass goes in ``ctx.details``.
     """
 
     name: ClassVar[str] = ""
@@ -67,5 +84,5 @@ class Pass:
         """The first line of the class docstring: what ``trtopt passes`` prints."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph | PassResult:
         raise NotImplementedError

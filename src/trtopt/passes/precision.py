@@ -23,7 +23,7 @@ from pydantic import Field
 from ..calibration import collect, split_graph
 from ..errors import DataError, RecipeError
 from ..graph_io import peek
-from .base import Pass, PassContext, PassOptions
+from .base import Pass, PassContext, PassOptions, PassResult
 from .quantize import (
     matches,
     name_nodes,
@@ -149,7 +149,7 @@ class Precision(Pass):
         auto: AutoOptions | None = None
         """Keep the most sensitive nodes in FP32, as few as possible, until this passes."""
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph | PassResult:
         options: Any = self.options
         graph.toposort()
         name_nodes(graph)
@@ -217,12 +217,13 @@ class Precision(Pass):
         nodes = {n.name: n for n in graph.nodes}
         ctx.details["dtype"] = options.dtype
         ctx.details["lowered_nodes"] = len(lowered)
-        ctx.details["kept_fp32"] = [
+        kept = [
             {"node": name, "op": nodes[name].op if name in nodes else None, "reason": reason}
             for name, reason in reasons.items()
         ]
+        ctx.details["kept_fp32"] = kept
         ctx.details["excluded_nodes"] = kept_auto
-        return graph
+        return PassResult(graph, kept=kept)
 
     # -- the data-driven guard ------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from .pattern import Bindings, Const, Match, OneOf, Op, Opt, Var, constant_value
 FOLD_LIMIT = 1 << 20  # bytes: shape arithmetic is tiny; never grow the model while folding it
 
 _SHAPE = Op("Shape", Var("src"), name="shape", shared=True)
-_CONCAT = Op("Concat", variadic=True, name="concat", shared=True)
 PATTERN = OneOf(
     Op(
         "Reshape", Var("x"), Op("Concat", variadic=True, name="concat", shared=True), name="reshape"
