@@ -154,6 +154,7 @@ def test_every_rule_cites_its_document():
         "dynamic-shape",
         "qdq-fusion",
         "precision",
+        "fp8-compute-capability",
     }
     assert all(rule.source.startswith("https://") for rule in RULES.values())
 

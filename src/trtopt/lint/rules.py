@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,6 +93,8 @@ class GraphView:
     target: Target
     profiles: set[str] | None
     """Inputs the build gives optimization profiles (None: unknown, e.g. a bare model)."""
+    compute_capabilities: tuple[tuple[int, int], ...] | None = None
+    """The GPUs the engine is built for, as (major, minor) (None: unknown, e.g. a bare model)."""
     types: dict[str, str] = field(default_factory=dict)
     ranks: dict[str, int] = field(default_factory=dict)
     constants: dict[str, np.ndarray] = field(default_factory=dict)
@@ -101,10 +103,22 @@ class GraphView:
     outputs: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, model: onnx.ModelProto, target: Target, profiles: set[str] | None) -> GraphView:
+    def of(
+        cls,
+        model: onnx.ModelProto,
+        target: Target,
+        profiles: set[str] | None,
+        compute_capabilities: Sequence[str] | None = None,
+    ) -> GraphView:
+        """``compute_capabilities``: as a recipe names them ("8.9", "12.0") or "sm89"."""
         with contextlib.suppress(Exception):  # best effort: rules skip what has no type
             model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        view = cls(model, target, profiles)
+        capabilities = (
+            None
+            if compute_capabilities is None
+            else tuple(compute_capability(c) for c in compute_capabilities)
+        )
+        view = cls(model, target, profiles, capabilities)
         graph = model.graph
         for value in [*graph.input, *graph.value_info, *graph.output]:
             tensor = value.type.tensor_type
@@ -143,6 +157,17 @@ class GraphView:
 
     def constant(self, name: str) -> np.ndarray | None:
         return self.constants.get(name)
+
+
+def compute_capability(text: str) -> tuple[int, int]:
+    """(major, minor) of a compute capability written "8.9", "12.0" or "sm89", "SM120"."""
+    value = str(text).strip().lower()
+    if value.startswith("sm") and value[2:].isdigit() and len(value) in (4, 5):
+        return int(value[2:-1]), int(value[-1])
+    major, _, minor = value.partition(".")
+    if not (major.isdigit() and minor.isdigit() and len(minor) == 1):
+        raise ValueError(f"'{text}' is not a compute capability such as 8.9 or 12.0")
+    return int(major), int(minor)
 
 
 def _finding(
@@ -494,3 +519,60 @@ def check_precision(view: GraphView) -> Iterator[Finding]:
 
 
 PRECISION_HINT_KEYS = {"precision", "fp16", "int8", "bf16", "fp8", "trt_precision"}
+
+
+FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+"""FP8 (E4M3) kernels exist from Ada (8.9) on: Ada, Hopper (9.0), Blackwell (10.0, 12.0)."""
+RTX_QUANTIZED_DOC = (
+    "https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/"
+    "work-quantized-types.html"
+)
+
+
+@rule(
+    "fp8-compute-capability",
+    "FP8 Q/DQ need compute capability 8.9 or later (Ada, Hopper, Blackwell): an error when the "
+    "build names an older GPU, a warning when it names none",
+    RTX_QUANTIZED_DOC,
+)
+def check_fp8_capability(view: GraphView) -> Iterator[Finding]:
+    # "FP8 is only supported for matrix multiplications (GEMM) on Ada and later architectures
+    # (compute capability 8.9 or later)"; TensorRT for RTX refuses to build such a graph for
+    # SM86 or SM75: "the model contains HW-specific datatypes: fp8_e4m3".
+    fp8 = [
+        node
+        for node in view.nodes()
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and any(view.types.get(name) == "FP8" for name in (*node.input, *node.output) if name)
+    ]
+    if not fp8:
+        return
+    least = ".".join(str(v) for v in FP8_MIN_COMPUTE_CAPABILITY)
+    what = f"{len(fp8)} Q/DQ node(s) compute in FP8"
+    named = view.compute_capabilities
+    if named is None:
+        where = (
+            "name them in build.tensorrt_rtx.compute_capabilities (e.g. [8.9, 12.0])"
+            if view.target.name == "tensorrt-rtx"
+            else "build and deploy on those GPUs"
+        )
+        yield _finding(
+            "fp8-compute-capability",
+            WARNING,
+            fp8[0],
+            f"{what} (this is the first), which only GPUs of compute capability {least} or "
+            "later run (Ada, Hopper, Blackwell)",
+            f"{where}, or quantize with dtype int8 for older ones",
+        )
+        return
+    older = [f"{a}.{b}" for a, b in named if (a, b) < FP8_MIN_COMPUTE_CAPABILITY]
+    if older:
+        yield _finding(
+            "fp8-compute-capability",
+            ERROR,
+            fp8[0],
+            f"{what} (this is the first), but the build targets compute capability "
+            f"{', '.join(older)}, below {least}: TensorRT refuses FP8 there",
+            f"drop {', '.join(older)} from the build's compute capabilities, or quantize with "
+            "dtype int8",
+        )

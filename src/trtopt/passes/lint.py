@@ -4,11 +4,13 @@ findings go into the pass's record in report.json."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import onnx_graphsurgeon as gs
+from pydantic import field_validator
 
 from ..lint import lint_model
+from ..lint.rules import compute_capability
 from .base import Pass, PassContext, PassOptions
 from .registry import register_pass
 
@@ -29,6 +31,18 @@ class Lint(Pass):
         """Stop the compile (exit 2) on any error-level finding, before GPU time is spent."""
         parse: bool = True
         """Also parse with the real TensorRT for RTX parser when it is installed."""
+        compute_capabilities: list[str] | None = None
+        """The GPUs the engine is for, as build.tensorrt_rtx names them (e.g. [8.9, 12.0]):
+        FP8 with one below 8.9 is an error. Default: unknown (FP8 is then a warning)."""
+
+        @field_validator("compute_capabilities", mode="before")
+        @classmethod
+        def _capabilities(cls, value: Any) -> Any:
+            if isinstance(value, list):
+                for item in value:
+                    compute_capability(item)  # ValueError: not a compute capability
+                return [str(item) for item in value]
+            return value
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         model = gs.export_onnx(graph.copy())
@@ -38,6 +52,7 @@ class Lint(Pass):
             strict=self.options.strict,
             parse=self.options.parse,
             skip=COMPILE_SKIPS,
+            compute_capabilities=self.options.compute_capabilities,
         )
         for finding in report.findings:
             ctx.log.warning("lint %s", finding)
