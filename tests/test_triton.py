@@ -18,7 +18,7 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper
 
 import trtopt
-from helpers import QUICKSTART, QUICKSTART_MODEL, ROOT
+from helpers import QUICKSTART, QUICKSTART_MODEL, ROOT, run_cli
 from trtopt.deploy import model_config, write_model_repository
 from trtopt.errors import EXIT_USER, RecipeError, UserError
 from trtopt.feeds import declared_dim
@@ -427,3 +427,44 @@ def test_the_readme_shows_every_deploy_option_as_the_schema_takes_it():
     shown = yaml.safe_load(section.split("```yaml\n")[1].split("```")[0])["deploy"]
     assert set(shown["triton"]) == set(TritonOptions.model_fields)
     assert DeploySpec.model_validate(shown).triton == TritonOptions(repository="../models")
+
+
+def test_a_passing_compile_deploys_itself_and_a_cache_hit_deploys_a_new_version(tmp_path):
+    repo = tmp_path / "repo"
+    sets = [*FAST, f"deploy={{triton: {{repository: {json.dumps(str(repo))}}}}}"]
+    cache = tmp_path / "cache"
+    first = trtopt.compile(QUICKSTART, tmp_path / "out", overrides=sets, cache_dir=cache)
+    assert first.exit_code == 0
+    deployed = first.report["deploy"]["triton"]
+    assert deployed["version"] == 1 and (repo / "quickstart" / "1" / "model.onnx").is_file()
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["deploy"] == first.report["deploy"]
+    again = trtopt.compile(QUICKSTART, tmp_path / "out", overrides=sets, cache_dir=cache)
+    assert again.report["cache"]["compile"] == "hit"
+    assert again.report["deploy"]["triton"]["version"] == 2
+    parse(repo / "quickstart" / "config.pbtxt")
+
+
+def test_a_failing_compile_deploys_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    sets = [
+        *FAST,
+        "check.thresholds={max_abs: 0.0, min_cosine: 1.0}",
+        "passes=[{precision: {dtype: fp16}}]",
+        f"deploy={{triton: {{repository: {json.dumps(str(repo))}}}}}",
+    ]
+    result = trtopt.compile(QUICKSTART, tmp_path / "out", overrides=sets, use_cache=False)
+    assert result.exit_code == 1 and "deploy" not in result.report
+    assert not repo.exists()
+
+
+def test_trtopt_deploy_writes_a_compiled_recipe(tmp_path):
+    out = tmp_path / "out"
+    assert trtopt.compile(QUICKSTART, out, overrides=FAST, use_cache=False).exit_code == 0
+    repo = tmp_path / "repo"
+    done = run_cli("deploy", str(QUICKSTART), "--triton", str(repo), "--artifact", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "quickstart/1" in done.stdout
+    parse(tmp_path / "repo" / "quickstart" / "config.pbtxt")
+    missing = run_cli("deploy", str(QUICKSTART), "--artifact", str(out))
+    assert missing.returncode == EXIT_USER and "--triton REPO" in missing.stderr

@@ -17,6 +17,7 @@ from ._version import __version__
 _EXPORTS = {
     "batch": ("BatchResult", "compile_many", "summary_table", "worst_exit_code"),
     "cache": ("CacheInfo", "PruneResult", "cache_info", "prune_cache"),
+    "deploy": ("TritonModel", "deploy_to_triton", "write_model_repository"),
     "diff": ("DiffResult", "diff_reports"),
     "errors": (
         "BuildError",
@@ -61,6 +62,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from .batch import BatchResult, compile_many, summary_table, worst_exit_code
     from .cache import CacheInfo, PruneResult, cache_info, prune_cache
+    from .deploy import TritonModel, deploy_to_triton, write_model_repository
     from .diff import DiffResult, diff_reports
     from .errors import (
         BuildError,

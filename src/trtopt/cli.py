@@ -284,6 +284,16 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    entry = trtopt.deploy_to_triton(
+        args.recipe, repository=args.triton, output_dir=args.artifact, overrides=args.set
+    )
+    print(f"wrote {entry.version_dir} and {entry.config_path}")
+    for note in entry.config.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return 0
+
+
 def cmd_lint(args: argparse.Namespace) -> int:
     report = trtopt.lint_model(args.model, args.target, parse=not args.no_parse)
     print(jsontext.dumps(report.to_json(), indent=2) if args.json else report.format())
@@ -448,6 +458,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     sub.add_argument("--html", metavar="FILE", help="also write an HTML report")
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_argument("--set", **overrides)
+
+    sub = verb("deploy", cmd_deploy, "Write a compiled recipe into a Triton model repository.")
+    sub.add_argument("recipe")
+    sub.add_argument(
+        "--triton",
+        metavar="REPO",
+        help="the model repository (default: the recipe's deploy.triton.repository)",
+    )
+    sub.add_argument(
+        "--artifact", metavar="DIR", help="the compile's output folder (default: the recipe's)"
+    )
     sub.add_argument("--set", **overrides)
 
     sub = verb("diff", cmd_diff, "Show what changed between two reports; exit 1 on regression.")

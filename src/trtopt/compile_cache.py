@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,15 @@ def _cached_pairs(entry: Entry) -> html_report.Pairs:
 
 
 def from_cache(
-    entry: Entry, recipe: Recipe, model_path: Path, out: Path, store: StageCache
+    entry: Entry,
+    recipe: Recipe,
+    model_path: Path,
+    out: Path,
+    store: StageCache,
+    finish: Callable[[dict[str, Any], Path], None],
 ) -> dict[str, Any]:
-    """An unchanged compile: its artifacts copied into place the usual way; its report."""
+    """An unchanged compile: its artifacts copied into place the usual way, ``finish(report,
+    staging)`` run on them before they move in (as after a fresh compile); its report."""
     the_report = {
         **entry.meta["report"],
         "output_dir": str(out),
@@ -130,6 +137,7 @@ def from_cache(
         # Drawn again: the hit's own report, and plots wherever matplotlib is there now.
         html_report.write_html(the_report, staging / "report.html", _cached_pairs(entry))
         report.write_reports(the_report, staging)
+        finish(the_report, staging)
         commit_output(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -10,6 +10,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from .cache import (
 )
 from .calibration import DataSet, ranges_cache
 from .compile_cache import compile_settings, from_cache, plan_keys, store_compile
+from .deploy import triton_place, write_model_repository
 from .errors import (
     EXIT_OK,
     BackendUnavailableError,
@@ -205,7 +207,8 @@ def _compile(
     job = _prepare(recipe, model_path, out, store)
     if job.compile_key is not None and (hit := store.get(job.compile_key)) is not None:  # type: ignore[union-attr]
         say("unchanged: artifacts from the cache")
-        cached = from_cache(hit, recipe, model_path, out, store)  # type: ignore[arg-type]
+        finish = partial(_deploy, recipe)
+        cached = from_cache(hit, recipe, model_path, out, store, finish)  # type: ignore[arg-type]
         return CompileResult(cached["exit_code"], out, cached)
     reference = Reference(model_path, job.data)
     staging = stage_output(out)
@@ -244,6 +247,7 @@ def _compile(
         html_report.write_html(the_report, staging / "report.html", pairs)
         _cache_compile(job, recipe, records, the_report, staging, pairs)
         report.write_reports(the_report, staging)
+        _deploy(recipe, the_report, staging)
         commit_output(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +259,17 @@ def _compile(
             recipe.place("build", "backend"),
         )
     return CompileResult(the_report["exit_code"], out, the_report)
+
+
+def _deploy(recipe: Recipe, the_report: dict[str, Any], staging: Path) -> None:
+    """A passing compile whose recipe names a Triton model repository: a new version there
+    (from the staged output, before it is moved into place), recorded in the report."""
+    options = recipe.deploy.triton
+    if options is None or options.repository is None or the_report["exit_code"] != EXIT_OK:
+        return
+    entry = write_model_repository(staging, Path(options.repository), options, triton_place(recipe))
+    the_report["deploy"] = {"triton": entry.to_json()}
+    report.write_reports(the_report, staging)
 
 
 def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | None) -> _Job:

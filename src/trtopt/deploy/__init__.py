@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from .triton import TritonConfig, TritonModel, TritonTensor, model_config, write_model_repository
+from .triton import (
+    TritonConfig,
+    TritonModel,
+    TritonTensor,
+    deploy_to_triton,
+    model_config,
+    triton_place,
+    write_model_repository,
+)
 
 __all__ = [
     "TritonConfig",
     "TritonModel",
     "TritonTensor",
+    "deploy_to_triton",
     "model_config",
+    "triton_place",
     "write_model_repository",
 ]

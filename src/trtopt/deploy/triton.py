@@ -35,7 +35,7 @@ import onnx
 from ..errors import ModelError, Place, RecipeError, UserError
 from ..feeds import Dim, declared_dim
 from ..model import external_data_files, load_model
-from ..recipe import TritonOptions
+from ..recipe import Recipe, TritonOptions, load_recipe
 from ..report import SCHEMA_VERSION
 from ..staging import owner, remove, remove_dead
 
@@ -285,6 +285,33 @@ def write_model_repository(
     _replace_file(model_dir, CONFIG_FILE, config.text())
     files = tuple(relative for _, relative in sources)
     return TritonModel(repository, config.name, version, config, files)
+
+
+def deploy_to_triton(
+    recipe: str | Path | Recipe,
+    repository: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> TritonModel:
+    """Write a compiled recipe's output (``output_dir``, default the recipe's ``output``) into
+    ``repository`` (default the recipe's ``deploy.triton.repository``) as a new version, with
+    the recipe's ``deploy.triton`` options: what ``trtopt deploy RECIPE --triton REPO`` does."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    options = recipe.deploy.triton or TritonOptions()
+    target = repository if repository is not None else options.repository
+    if target is None:
+        raise UserError(
+            "no Triton model repository: pass --triton REPO or set deploy.triton.repository",
+            recipe.place("deploy"),
+        )
+    out = Path(output_dir) if output_dir is not None else recipe.output_dir()
+    return write_model_repository(out, Path(target), options, triton_place(recipe))
+
+
+def triton_place(recipe: Recipe) -> Where:
+    """Where an option under the recipe's deploy.triton was written, for errors."""
+    return lambda *keys: recipe.place("deploy", "triton", *keys)
 
 
 @dataclass(frozen=True)
