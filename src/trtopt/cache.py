@@ -602,7 +602,7 @@ class _Writer:
 # -- what the pipeline uses ----------------------------------------------------------------
 
 
-class Plan:
+class CacheKeys:
     """The keys of one compile: a chain of pass keys, then the compile key.
 
     ``data_digest`` is called at most once, and only when a pass is known to read data.
@@ -671,8 +671,8 @@ __all__ = [
     "CACHE_ENV",
     "CacheError",
     "CacheInfo",
+    "CacheKeys",
     "Entry",
-    "Plan",
     "PruneResult",
     "StageCache",
     "WatchedContext",

@@ -15,7 +15,7 @@ import onnx
 
 from . import feeds, report
 from . import html as html_report
-from .cache import Entry, Plan, StageCache, digest, feeds_digest, source_digest
+from .cache import CacheKeys, Entry, StageCache, digest, feeds_digest, source_digest
 from .calibration import DataSet
 from .model import file_sha256, model_files
 from .recipe import Recipe
@@ -30,7 +30,7 @@ PLOT_DATA = "report-plots.npz"
 that matplotlib, installed since, can draw, and the hit's own report); never an output."""
 
 
-def plan_keys(
+def cache_keys(
     store: StageCache,
     recipe: Recipe,
     model_path: Path,
@@ -38,7 +38,7 @@ def plan_keys(
     data: list[feeds.Feed],
     calibration: DataSet,
     validation: list[feeds.Feed],
-) -> Plan:
+) -> CacheKeys:
     """The cache keys' starting point: the model's files and its inputs as declared in the
     graph the passes get (the recipe's shapes written in); the data's hash (calibration,
     validation and check data, which the recipe's ranges shape) joins only the keys of passes
@@ -52,7 +52,7 @@ def plan_keys(
     def data_digest() -> str:
         return digest(calibration.fingerprint(), feeds_digest(validation), feeds_digest(data))
 
-    return Plan(store, source_digest(model_files(model_path), declared), data_digest)
+    return CacheKeys(store, source_digest(model_files(model_path), declared), data_digest)
 
 
 def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
@@ -73,15 +73,15 @@ def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
 
 
 def store_compile(
-    plan: Plan,
+    keys: CacheKeys,
     recipe: Recipe,
     data: list[feeds.Feed],
     the_report: dict,
     staging: Path,
     pairs: html_report.Pairs,
 ) -> None:
-    key = plan.compile_key(compile_settings(recipe, data))
-    with plan.cache.writer(key, "compile") as entry:
+    key = keys.compile_key(compile_settings(recipe, data))
+    with keys.cache.writer(key, "compile") as entry:
         # Everything staged so far (the reports are written after, and again on a hit).
         for path in sorted(staging.iterdir()):
             if not path.is_file():

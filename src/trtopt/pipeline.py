@@ -25,13 +25,13 @@ from .backends import ONNX_ARTIFACT, Backend, BuildResult, get_backend
 from .backends.profiles import derive_profiles
 from .backends.tensorrt import BackendOptionError
 from .cache import (
-    Plan,
+    CacheKeys,
     StageCache,
     WatchedContext,
     resolve_cache_dir,
 )
 from .calibration import DataSet, ranges_cache
-from .compile_cache import compile_settings, from_cache, plan_keys, store_compile
+from .compile_cache import cache_keys, compile_settings, from_cache, store_compile
 from .deploy import triton_place, write_model_repository
 from .errors import (
     EXIT_OK,
@@ -182,7 +182,7 @@ class _Job:
     passes: list[Pass]
     calibration: DataSet
     validation: list[feeds.Feed]
-    plan: Plan | None = None
+    keys: CacheKeys | None = None
     compile_key: str | None = None
 
 
@@ -223,7 +223,7 @@ def _compile(
             )
             judge, verify = _stage_judge(recipe, job.source, model_path, scratch, reference)
             graph, records, first_diverging = run_passes(
-                recipe, job.passes, job.source, model_path.parent, ctx, job.plan, staging,
+                recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
                 judge, verify, say,
             )  # fmt: skip
             built = _build(recipe, job, graph, staging, say)
@@ -297,11 +297,11 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
         validation,
     )
     if store is not None:
-        job.plan = plan_keys(store, recipe, model_path, source, data, calibration, validation)
+        job.keys = cache_keys(store, recipe, model_path, source, data, calibration, validation)
         # An engine for datacenter TensorRT depends on the GPU it was built on: only its
         # passes are cached. Every other artifact is a function of the key.
         if not job.unavailable and recipe.build.backend != "tensorrt":
-            job.compile_key = job.plan.probe(job.passes, compile_settings(recipe, data))
+            job.compile_key = job.keys.probe(job.passes, compile_settings(recipe, data))
     return job
 
 
@@ -447,16 +447,16 @@ def _cache_compile(
     pairs: html_report.Pairs,
 ) -> None:
     """Record in the report what the cache gave, and store the finished compile."""
-    if job.plan is None:
+    if job.keys is None:
         the_report["cache"] = None
         return
     the_report["cache"] = {
-        "dir": str(job.plan.cache.root),
+        "dir": str(job.keys.cache.root),
         "compile": "miss" if job.compile_key is not None else "not cached (backend)",
         "passes_from_cache": sum(r.cached for r in records),
     }
     if job.compile_key is not None and not job.unavailable:
-        store_compile(job.plan, recipe, job.data, the_report, staging, pairs)
+        store_compile(job.keys, recipe, job.data, the_report, staging, pairs)
 
 
 def _on_disk(model_path: Path) -> int:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from . import accuracy, graph_io
 from ._version import __version__
-from .cache import Entry, Plan, StageCache, WatchedContext, digest, snapshot, written
+from .cache import CacheKeys, Entry, StageCache, WatchedContext, digest, snapshot, written
 from .errors import EXIT_ACCURACY, PassError, RecipeError, TrtoptError, did_you_mean
 from .feeds import Feed
 from .model import EXTERNAL_DATA_THRESHOLD, load_model, op_histogram
@@ -331,7 +331,7 @@ def run_passes(
     source: onnx.ModelProto,
     base_dir: Path,
     ctx: WatchedContext,
-    plan: Plan | None,
+    keys: CacheKeys | None,
     staging: Path,
     judge: StageJudge | None,
     verify: Callable[[Outputs], accuracy.AccuracyResult] | None,
@@ -353,13 +353,13 @@ def run_passes(
     for index, pass_ in enumerate(pipeline):
         say(f"pass {pass_.name}")
         entry = None
-        if plan is not None:
-            base_key, key = plan.pass_key(pass_)
-            entry = plan.cache.get(key)
+        if keys is not None:
+            base_key, key = keys.pass_key(pass_)
+            entry = keys.cache.get(key)
         if entry is not None:
             record = _cached_stage(entry, ctx, staging)
             histogram, graph, pending = entry.meta["histogram"], None, entry
-            plan.advance(key)
+            keys.advance(key)
             restore = partial(_load_stage, entry)
             if verify is not None or not pass_.exact:
                 graph, pending = _load_stage(entry), None
@@ -410,17 +410,17 @@ def run_passes(
                 coverage=None if rolled_back else result.coverage,
             )
             # A rolled-back pass leaves the graph as it was: nothing to cache, the key stays.
-            if plan is not None and rolled_back is None:
+            if keys is not None and rolled_back is None:
                 if ctx.data_read and key == base_key:
-                    key = digest(base_key, "data", plan.data())
-                    plan.cache.mark_reads_data(base_key)
+                    key = digest(base_key, "data", keys.data())
+                    keys.cache.mark_reads_data(base_key)
                 new_files = written(artifacts_before, staging)
                 new_warnings = ctx.warnings[warnings_before:]
                 # Writing a large model's stage costs more than recomputing it, unless its
                 # pass read data (calibration, range guards): only those stages are kept.
                 if ctx.data_read or not is_large(graph):
                     _store_stage(
-                        plan.cache,
+                        keys.cache,
                         key,
                         graph,
                         source,
@@ -431,7 +431,7 @@ def run_passes(
                         staging,
                         proven,
                     )
-                plan.advance(key)
+                keys.advance(key)
         if verify is not None and judge is not None and judge.outputs is not None:
             stage = verify(judge.outputs)
             record.verification = stage.to_json()

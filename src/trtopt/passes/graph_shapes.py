@@ -10,6 +10,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph_io import export_model, quiet
+from .graph_memo import memo
 
 log = logging.getLogger("trtopt.passes")
 
@@ -105,11 +106,7 @@ def computed_shapes(
     return shapes, dtypes
 
 
-SHAPE_CACHE = "_trtopt_computed_shapes"
-# Set while ``fuse`` runs its members: they share computed shapes, each invalidating on change.
-SHARED_SHAPES = "_trtopt_shared_shapes"
-
-
 def invalidate_shapes(graph: gs.Graph) -> None:
     """Forget the computed shapes of ``graph``: call after any change to it."""
-    graph.__dict__.pop(SHAPE_CACHE, None)
+    remembered = memo(graph)
+    remembered.shapes = remembered.dtypes = None

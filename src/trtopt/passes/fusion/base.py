@@ -12,7 +12,8 @@ import onnx_graphsurgeon as gs
 
 from ..base import Pass, PassContext, PassOptions
 from ..graph_clean import prune, sort
-from ..graph_shapes import SHAPE_CACHE, SHARED_SHAPES, computed_shapes, invalidate_shapes
+from ..graph_memo import memo
+from ..graph_shapes import computed_shapes, invalidate_shapes
 from .opset import opset, raise_opset
 from .pattern import Match, OneOf, Op, constant_value, find, root_ops
 
@@ -51,10 +52,10 @@ class Fusion(Pass):
         return self._computed()[0].get(tensor.name)
 
     def _computed(self) -> tuple[dict, dict]:
-        cache = self._graph.__dict__.setdefault(SHAPE_CACHE, {})
-        if "shapes" not in cache:
-            cache["shapes"], cache["dtypes"] = computed_shapes(self._graph, symbolic=False)
-        return cache["shapes"], cache["dtypes"]
+        remembered = memo(self._graph)
+        if remembered.shapes is None or remembered.dtypes is None:
+            remembered.shapes, remembered.dtypes = computed_shapes(self._graph, symbolic=False)
+        return remembered.shapes, remembered.dtypes
 
     def dtype(self, tensor: gs.Tensor) -> np.dtype | None:
         """The element type of ``tensor`` as the graph computes it, or None when unknown."""
@@ -79,8 +80,8 @@ class Fusion(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
         self.refusals, self.rewrites = [], 0
-        graph.__dict__.pop("_trtopt_names", None)  # names other passes added since
-        if not graph.__dict__.get(SHARED_SHAPES):
+        memo(graph).names = None  # names other passes added since
+        if not memo(graph).shared_shapes:
             invalidate_shapes(graph)  # another pass may have changed the graph since
         skipped = self.prepare(graph, ctx)
         if skipped:
@@ -113,7 +114,7 @@ class Fusion(Pass):
             self.rewrites += changed
             invalidate_shapes(graph)
             sort(prune(graph))
-            graph.__dict__.pop("_trtopt_names", None)
+            memo(graph).names = None
         for refusal in self.refusals:
             ctx.log.debug("%s: '%s' not rewritten: %s", self.name, refusal.node, refusal.reason)
         if self.rewrites:

@@ -7,6 +7,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..cleanup import bypass
+from ..graph_memo import memo
 from .pattern import Match, constant_value
 
 
@@ -33,11 +34,10 @@ def variable(graph: gs.Graph, base: str, dtype=None) -> gs.Variable:
 
 
 def _names(graph: gs.Graph) -> set[str]:
-    cache = graph.__dict__.setdefault("_trtopt_names", None)
-    if cache is None:
-        cache = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
-        graph.__dict__["_trtopt_names"] = cache
-    return cache
+    remembered = memo(graph)
+    if remembered.names is None:
+        remembered.names = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    return remembered.names
 
 
 def replace_root(

@@ -9,7 +9,8 @@ from pydantic import field_validator
 
 from ...errors import did_you_mean
 from ..base import Pass, PassContext, PassOptions
-from ..graph_shapes import SHARED_SHAPES, invalidate_shapes
+from ..graph_memo import memo
+from ..graph_shapes import invalidate_shapes
 from ..registry import get_pass, register_pass
 from . import CATALOGUE
 from .simplify_shapes import fold_small_constants
@@ -79,7 +80,7 @@ class Fuse(Pass):
         members = self.members()
         self.rewrites = 0
         invalidate_shapes(graph)
-        graph.__dict__[SHARED_SHAPES] = True
+        memo(graph).shared_shapes = True
         try:
             for _ in range(MAX_ROUNDS):
                 changed = 0
@@ -91,7 +92,7 @@ class Fuse(Pass):
                     break
                 fold_small_constants(graph)
         finally:
-            graph.__dict__.pop(SHARED_SHAPES, None)
+            memo(graph).shared_shapes = False
             invalidate_shapes(graph)
         self.refusals = {m.name: list(getattr(m, "refusals", [])) for m in members}
         if self.options.explain:
