@@ -17,14 +17,13 @@ from trtopt.calibration import (
     DataSet,
     DataSource,
     calibrate,
-    collect,
     compute_amax,
     model_digest,
     split,
     split_graph,
 )
 from trtopt.calibration.cache import read_tensorrt_cache, tensorrt_cache
-from trtopt.calibration.collect import SMALL_INITIALIZER, groups
+from trtopt.calibration.collect import SMALL_INITIALIZER, collect, groups
 from trtopt.errors import EXIT_USER, DataError
 
 CNN = MODELS / "cnn_legacy.onnx"

@@ -7,8 +7,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 import trtopt
 from helpers import ROOT
+from trtopt import calibration
 
 PACKAGE = ROOT / "src" / "trtopt"
 
@@ -93,16 +96,17 @@ def test_no_private_name_taken_from_another_module():
     assert not taken, "\n".join(taken)
 
 
-def test_the_lazy_package_exports_what_type_checkers_see():
-    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+@pytest.mark.parametrize("package", [trtopt, calibration], ids=lambda p: p.__name__)
+def test_a_lazy_package_exports_what_type_checkers_see(package):
+    tree = ast.parse(Path(package.__file__).read_text())
     block = next(n for n in tree.body if isinstance(n, ast.If))  # `if TYPE_CHECKING:`
     seen = {
-        alias.name: node.module
+        alias.name: (node.module or "").lstrip(".")
         for node in block.body
         if isinstance(node, ast.ImportFrom)
         for alias in node.names
     }
-    lazy = {name: module for module, names in trtopt._EXPORTS.items() for name in names}
+    lazy = {name: module for module, names in package._EXPORTS.items() for name in names}
     assert seen == lazy
-    for name in trtopt.__all__:
-        assert getattr(trtopt, name) is not None
+    for name in package.__all__:
+        assert getattr(package, name) is not None

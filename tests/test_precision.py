@@ -47,7 +47,7 @@ def context(model: onnx.ModelProto, tmp_path: Path, ranges=None) -> PassContext:
 
 def lower(model: onnx.ModelProto, ctx: PassContext, **options):
     graph = gs.import_onnx(model)
-    graph = Precision(Precision.Options.model_validate(options)).run(graph, ctx)
+    graph = Precision(Precision.Options.model_validate(options)).run(graph, ctx).graph
     result = gs.export_onnx(graph)
     onnx.checker.check_model(result, full_check=True)
     return result
@@ -133,7 +133,8 @@ def test_bf16_graph_is_valid_and_builds(tmp_path):
 def test_fp16_over_qdq_graph_runs_and_builds(tmp_path, path):
     source = onnx.load(str(path))
     ctx = context(source, tmp_path)
-    graph = Quantize(Quantize.Options(calibrator="percentile")).run(gs.import_onnx(source), ctx)
+    quantize = Quantize(Quantize.Options(calibrator="percentile"))
+    graph = quantize.run(gs.import_onnx(source), ctx).graph
     int8 = gs.export_onnx(graph)
     model = lower(int8, ctx)
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 19

@@ -2,121 +2,37 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import onnx
-import onnxruntime as ort
+_EXPORTS = {
+    "cache": ("RANGES_FOLDER", "ranges_cache", "tensorrt_cache"),
+    "calibrators": ("CALIBRATORS", "AbsHistogram", "compute_amax"),
+    # Not `collect` itself: the function shares its module's name, which importing the module
+    # would put in its place here. Import it from trtopt.calibration.collect.
+    "collect": ("split", "split_graph"),
+    "ranges": ("CalibrationResult", "calibrate", "model_digest"),
+    "sources": ("DataSet", "DataSource", "ImageSource", "SyntheticSource"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
-from .._version import __version__
-from .cache import (
-    RANGES_FOLDER,
-    cache_key,
-    current_folder,
-    load_ranges,
-    ranges_cache,
-    save_ranges,
-    tensorrt_cache,
-)
-from .calibrators import ALGORITHM_VERSION, CALIBRATORS, DEFAULT_BINS, AbsHistogram, compute_amax
-from .collect import DEFAULT_MEMORY_BUDGET, collect, split, split_graph
-from .sources import DataSet, DataSource, ImageSource, SyntheticSource
-
-log = logging.getLogger("trtopt.calibration")
-
-__all__ = [
-    "CALIBRATORS",
-    "RANGES_FOLDER",
-    "AbsHistogram",
-    "CalibrationResult",
-    "DataSet",
-    "DataSource",
-    "ImageSource",
-    "SyntheticSource",
-    "calibrate",
-    "collect",
-    "compute_amax",
-    "model_digest",
-    "ranges_cache",
-    "split",
-    "split_graph",
-    "tensorrt_cache",
-]
+__all__ = sorted(_MODULE_OF)
 
 
-@dataclass
-class CalibrationResult:
-    """Ranges (amax per tensor) and how they were obtained."""
-
-    ranges: dict[str, float]
-    cached: bool
-    feeds: int = 0
-    cache_file: Path | None = None
-    settings: dict = field(default_factory=dict)
-
-
-def model_digest(model: onnx.ModelProto, weights: Mapping[str, np.ndarray] | None = None) -> str:
-    """sha256 of a model's graph, opsets and weights, hashed piece by piece (serializing the
-    whole model at once would hold a second copy of its weights). ``weights``: the values of
-    graph inputs that stand for weights (see ``split``)."""
-    digest = hashlib.sha256()
-    for opset in model.opset_import:
-        digest.update(opset.SerializeToString(deterministic=True))
-    graph = model.graph
-    for part in (graph.node, graph.input, graph.output, graph.initializer):
-        for item in part:
-            digest.update(item.SerializeToString(deterministic=True))
-    for name in sorted(weights or {}):
-        array = np.ascontiguousarray(weights[name])  # type: ignore[index]
-        digest.update(repr((name, str(array.dtype), array.shape)).encode())
-        digest.update(memoryview(array).cast("B"))
-    return digest.hexdigest()
+def __getattr__(name: str) -> Any:
+    """Each name loads its module when first used (PEP 562): a recipe's data-source schema
+    needs pydantic, not ONNX Runtime."""
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-def calibrate(
-    model: onnx.ModelProto,
-    data: DataSet,
-    tensors: Sequence[str],
-    calibrator: str = "entropy",
-    percentile: float = 99.99,
-    bins: int = DEFAULT_BINS,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    use_cache: bool = True,
-    cache_dir: Path | None = None,
-    weights: Mapping[str, np.ndarray] | None = None,
-) -> CalibrationResult:
-    """Ranges of ``tensors`` on ``data`` by ``calibrator``, streamed, cached on disk.
-    ``weights``: the values of ``model``'s graph inputs that stand for its weights (a model
-    from ``split`` or ``split_graph``). ``cache_dir``: the range files' folder; default: the
-    one the enclosing compile names (:func:`ranges_cache`), none outside a compile."""
-    folder = (cache_dir if cache_dir is not None else current_folder()) if use_cache else None
-    settings = {
-        # Versions too: a cache must not outlive a change in the code that produced it.
-        "algorithm": ALGORITHM_VERSION,
-        "trtopt": __version__,
-        "onnxruntime": ort.__version__,
-        "calibrator": calibrator,
-        "percentile": percentile if calibrator == "percentile" else None,
-        "bins": bins,
-        "tensors": sorted(tensors),
-    }
-    key = None
-    if folder is not None:
-        key = cache_key(model_digest(model, weights), data.fingerprint(), settings)
-        cached = load_ranges(key, folder)
-        if cached is not None and set(cached) >= set(tensors):
-            log.info("calibration ranges from the cache")
-            return CalibrationResult(cached, cached=True, settings=settings)
-    histograms = {name: AbsHistogram(bins) for name in tensors}
-
-    def observe(name: str, array) -> None:
-        histograms[name].update(array)
-
-    count = collect(model, data, list(tensors), observe, memory_budget, weights=weights)
-    ranges = {name: compute_amax(hist, calibrator, percentile) for name, hist in histograms.items()}
-    path = save_ranges(key, ranges, folder) if key is not None and folder is not None else None
-    return CalibrationResult(ranges, cached=False, feeds=count, cache_file=path, settings=settings)
+if TYPE_CHECKING:
+    from .cache import RANGES_FOLDER, ranges_cache, tensorrt_cache
+    from .calibrators import CALIBRATORS, AbsHistogram, compute_amax
+    from .collect import split, split_graph
+    from .ranges import CalibrationResult, calibrate, model_digest
+    from .sources import DataSet, DataSource, ImageSource, SyntheticSource

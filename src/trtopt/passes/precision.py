@@ -20,7 +20,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field
 
-from ..calibration import collect, split_graph
+from ..calibration import split_graph
+from ..calibration.collect import collect
 from ..errors import DataError, RecipeError
 from ..graph_io import peek
 from .base import Pass, PassContext, PassOptions, PassResult
