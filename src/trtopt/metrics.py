@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .feeds import Feed
+if TYPE_CHECKING:  # the recipe reads this module's names; feeds.py loads ONNX and Polygraphy
+    from .feeds import Feed
 
 DEFAULT_QUANTILE = 0.99
 """The error quantile ``quantile_abs`` measures unless the recipe says otherwise (p99)."""

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from .calibration.sources import SOURCE_PATH_FIELDS, DataSource
+from .calibration.source_specs import SOURCE_PATH_FIELDS, DataSource
 from .errors import Place, RecipeError, did_you_mean
 from .metrics import DEFAULT_QUANTILE, DEFAULT_TOP_K, METRICS
 from .passes import available_passes, get_pass, load_plugin

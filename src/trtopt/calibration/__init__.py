@@ -12,7 +12,8 @@ _EXPORTS = {
     # would put in its place here. Import it from trtopt.calibration.collect.
     "collect": ("split", "split_graph"),
     "ranges": ("CalibrationResult", "calibrate", "model_digest"),
-    "sources": ("DataSet", "DataSource", "ImageSource", "SyntheticSource"),
+    "source_specs": ("DataSource", "ImageSource", "SyntheticSource"),
+    "sources": ("DataSet",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -35,4 +36,5 @@ if TYPE_CHECKING:
     from .calibrators import CALIBRATORS, AbsHistogram, compute_amax
     from .collect import split, split_graph
     from .ranges import CalibrationResult, calibrate, model_digest
-    from .sources import DataSet, DataSource, ImageSource, SyntheticSource
+    from .source_specs import DataSource, ImageSource, SyntheticSource
+    from .sources import DataSet

@@ -7,6 +7,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import pkgutil
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,8 @@ _PLUGIN_PASSES: dict[str, dict[str, type[Pass]]] = {}
 """Module name of a plugin file -> the passes it registered (re-registered when a recipe
 names the file again, after another recipe's plugin took one of its names)."""
 _discovered = False
+_BUILTIN_NAME = re.compile(r'^@register_pass\("([^"]+)"\)', re.MULTILINE)
+_builtins: dict[str, str] | None = None
 
 
 def _origin(cls: type) -> str:
@@ -90,6 +93,21 @@ def _discover() -> None:
             ) from error
 
 
+def _builtin_modules() -> dict[str, str]:
+    """Each built-in pass's name and the module that registers it, read from the package's
+    sources (their ``@register_pass("name")`` lines), so that naming one pass imports its
+    module alone: checking a recipe need not import every pass's dependencies."""
+    global _builtins
+    if _builtins is None:
+        package = Path(__file__).parent
+        _builtins = {}
+        for path in sorted(package.rglob("*.py")):
+            module = ".".join(path.relative_to(package).with_suffix("").parts)
+            for name in _BUILTIN_NAME.findall(path.read_text(encoding="utf-8")):
+                _builtins.setdefault(name, f"{__package__}.{module}")
+    return _builtins
+
+
 def available_passes() -> dict[str, type[Pass]]:
     """Every registered pass, by name, sorted."""
     _discover()
@@ -98,6 +116,11 @@ def available_passes() -> dict[str, type[Pass]]:
 
 def get_pass(name: str) -> type[Pass]:
     """The pass class registered as ``name``; an error with a suggestion when there is none."""
+    module = _builtin_modules().get(name)
+    if name not in _REGISTRY and module is not None:
+        importlib.import_module(module)
+    if name in _REGISTRY:
+        return _REGISTRY[name]
     passes = available_passes()
     if name not in passes:
         raise RecipeError(f"unknown pass '{name}'{did_you_mean(name, passes)}")
