@@ -97,7 +97,8 @@ def child_trtopt(
         validation=calibration_feeds(vision, 8, seed=99),
     )
     start = time.perf_counter()
-    graph = Quantize(Quantize.Options.model_validate(options)).run(gs.import_onnx(source), ctx)
+    pass_ = Quantize(Quantize.Options.model_validate(options))
+    graph = pass_.run(gs.import_onnx(source), ctx).graph
     seconds = time.perf_counter() - start
     onnx.save(gs.export_onnx(graph), out)
     return {"seconds": seconds, "rss_mib": _peak_rss_mib(), "details": ctx.details}

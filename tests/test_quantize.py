@@ -46,7 +46,7 @@ def quantize(path: Path, tmp_path: Path, **options) -> tuple[onnx.ModelProto, Pa
         artifacts_dir=tmp_path,
     )
     pass_ = Quantize(Quantize.Options.model_validate(options))
-    result = gs.export_onnx(pass_.run(gs.import_onnx(model), ctx))
+    result = gs.export_onnx(pass_.run(gs.import_onnx(model), ctx).graph)
     onnx.checker.check_model(result, full_check=True)
     return result, ctx
 
@@ -194,7 +194,7 @@ def test_quantized_fp32_weights_are_released(tmp_path):
     data = DataSet(DataSource(synthetic={}, limit=2), infos, DIMS, RANGES)
     del weights
     ctx = PassContext(scratch_dir=tmp_path, calibration=data)
-    out = Quantize(Quantize.Options(cache=False)).run(graph, ctx)
+    out = Quantize(Quantize.Options(cache=False)).run(graph, ctx).graph
     assert refs and all(ref() is None for ref in refs.values())
     stored = {t.name: t for t in out.tensors().values() if isinstance(t, gs.Constant)}
     assert all(stored[f"{name}_quantized"].values.dtype == np.int8 for name in refs)

@@ -35,7 +35,8 @@ def quantize(model: onnx.ModelProto, tmp_path, data: DataSet | None = None, **op
         data = DataSet(source, infos, DIMS, ranges)
     tmp_path.mkdir(parents=True, exist_ok=True)
     ctx = PassContext(scratch_dir=tmp_path, calibration=data, artifacts_dir=tmp_path)
-    graph = Quantize(Quantize.Options.model_validate(options)).run(gs.import_onnx(model), ctx)
+    pass_ = Quantize(Quantize.Options.model_validate(options))
+    graph = pass_.run(gs.import_onnx(model), ctx).graph
     result = gs.export_onnx(graph)
     onnx.checker.check_model(result, full_check=True)
     return result, ctx

@@ -30,7 +30,7 @@ from ..calibration import calibrate, split_graph, tensorrt_cache
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET
 from ..errors import DataError, RecipeError
 from ..graph_io import ExternalValues, constants, export_model, import_graph, peek
-from .base import Pass, PassContext, PassOptions
+from .base import Pass, PassContext, PassOptions, PassResult
 from .fusion.opset import opset, raise_opset
 from .graph_shapes import computed_shapes
 from .registry import register_pass
@@ -465,7 +465,7 @@ class Quantize(Pass):
         self._quantized_weights: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
         """Quantized values and scales per (weight, axis), shared by the search's candidates."""
 
-    def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         options: Any = self.options
         qtype = self.qtype
         self._quantized_weights.clear()
@@ -482,7 +482,7 @@ class Quantize(Pass):
                 ctx.warnings.append(f"quantize: left the model unchanged: {how}")
                 ctx.details["opset"] = {"needed": qtype.opset, "unchanged": how}
                 ctx.details["quantized_nodes"] = 0
-                return graph
+                return PassResult(graph)
             ctx.details["opset"] = how
             ctx.log.info("quantize: opset %(from)s -> %(to)s (%(by)s)", how)
             if raised is not graph:  # rewritten by the version converter: placed anew
@@ -499,8 +499,8 @@ class Quantize(Pass):
         coverage_key = f"{qtype.name}_coverage"
         if not plan.sites:
             ctx.details["quantized_nodes"] = 0
-            ctx.details[coverage_key] = coverage(macs, set())
-            return graph
+            ctx.details[coverage_key] = self._coverage(macs, set())
+            return PassResult(graph, coverage=ctx.details[coverage_key])
 
         data = ctx.calibration
         if data is None:
@@ -572,13 +572,28 @@ class Quantize(Pass):
         graph = self.apply(graph, plan, ranges, excluded)
         ctx.details["quantized_nodes"] = len([u for u in plan.units if u not in excluded])
         ctx.details["excluded_nodes"] = kept
-        ctx.details[coverage_key] = coverage(macs, set(plan.units) - excluded)
+        quantized = self._coverage(macs, set(plan.units) - excluded)
+        ctx.details[coverage_key] = quantized
+        ops = {n.name: n.op for n in graph.nodes}
+        reported = [
+            {
+                "node": k["node"],
+                "op": ops.get(k["node"]),
+                "reason": f"auto: effect {k['effect']:.3g} when quantized alone",
+            }
+            for k in kept
+        ]
         self._quantized_weights.clear()
         # graphsurgeon tensors reference themselves (through their input and output lists),
         # so the FP32 weights replaced above are freed only by the cyclic collector, which
         # may not run before the caller exports the graph: another copy of the weights.
         gc.collect()
-        return graph
+        return PassResult(graph, kept=reported, coverage=quantized)
+
+    def _coverage(self, macs: dict[str, int | None], quantized: set[str]) -> dict[str, Any]:
+        """``coverage``, and for a type other than INT8 which type it counts."""
+        found = coverage(macs, quantized)
+        return found if self.qtype is INT8 else {"dtype": self.qtype.name, **found}
 
     def _judge(self, reference: Candidate, ctx: PassContext) -> Judge:
         auto: Any = self.options.auto
