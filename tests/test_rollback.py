@@ -238,3 +238,25 @@ def test_differs_judges_floats_within_tolerance_and_the_rest_exactly():
         base, [{"y": base[0]["y"].astype(np.float64), "i": base[0]["i"]}]
     )
     assert "missing" in differs(base, [{"i": base[0]["i"]}])
+
+
+def test_a_clean_chain_is_proven_once_and_a_broken_one_stage_by_stage(plugin, monkeypatch):
+    from trtopt import stages
+
+    judged = []
+    judge = stages.StageJudge.judge
+
+    def counting(self, graph, exact):
+        judged.append(exact)
+        return judge(self, graph, exact)
+
+    monkeypatch.setattr(stages.StageJudge, "judge", counting)
+    model = onnx.load(str(MODEL))
+    trtopt.optimize(model, ["rename-first", "cleanup", "fuse"], plugins=[plugin])
+    assert len(judged) == 1  # the final graph only
+    judged.clear()
+    rolled = []
+    chain = ["rename-first", "scale-weight", "cleanup"]
+    trtopt.optimize(model, chain, plugins=[plugin], on_rollback=rolled.append)
+    assert [r.pass_name for r in rolled] == ["scale-weight"]
+    assert len(judged) == 1 + 3  # the refused final graph, then each of the 3 changed stages

@@ -23,8 +23,8 @@ from .stages import (
     StageJudge,
     instantiate,
     is_large,
-    run_chain,
     run_pass,
+    run_proven,
 )
 from .stages import run as run_stage
 from .staging import scratch as scratch_folder
@@ -71,7 +71,7 @@ def _optimized(
                 "outputs not compared (%s): each pass's result is only checked to be valid ONNX",
                 unverified,
             )
-        graph, rollbacks = run_chain(
+        graph, rollbacks = run_proven(
             graph, pipeline, ctx, judge, lambda: graph_io.import_graph(source, base_dir)
         )
     for rollback in rollbacks:
