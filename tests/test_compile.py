@@ -142,6 +142,7 @@ def test_a_pass_that_breaks_the_model_is_rolled_back_and_named(
     assert "rolled back" in (tmp_path / "out" / "report.md").read_text()
     assert "rolled back" in (tmp_path / "out" / "report.html").read_text()
     assert f"WARN pass '{culprit}' rolled back" in result.summary()
+    assert "passes   2 kept, 1 rolled back" in result.summary()
     # The artifact computes what the original does.
     data = model_feeds(onnx.load(str(MODELS / "cnn_legacy.onnx")))
     assert_same_outputs(

@@ -217,9 +217,11 @@ def summary(report: dict[str, Any]) -> str:
     """A few lines for the terminal."""
     model = report["model"]
     nodes_after = report["passes"][-1]["nodes_after"] if report["passes"] else model["nodes"]
+    rolled = sum(bool(p.get("rolled_back")) for p in report["passes"])
+    kept = f"{len(report['passes']) - rolled} kept" + (f", {rolled} rolled back" if rolled else "")
     lines = [
         f"{report['recipe']['name']}: {report['verdict'].upper()}",
-        f"  passes   {len(report['passes'])} run, nodes {model['nodes']} -> {nodes_after}",
+        f"  passes   {kept}, nodes {model['nodes']} -> {nodes_after}",
         f"  build    {report['build']['backend']} in {report['build']['seconds']:.2f} s",
         f"  accuracy {report['accuracy']['verdict']} ({report['accuracy']['samples']} samples)",
     ]
