@@ -96,3 +96,14 @@ def test_metrics_show_to_the_limit_precision():
     assert format_metric(0.9999912, 0.99999) != format_metric(0.9999987, 0.99999)
     assert format_metric(0.001234, 0.05) == "0.001234"  # four significant digits suffice
     assert format_metric(0.5) == "0.5"
+
+
+def test_coverage_names_the_type_it_counts():
+    from trtopt.formatting import coverage_type, describe_coverage
+
+    counted = {"layers": {"quantized": 2, "quantizable": 3}, "macs": {"quantizable": 0}}
+    assert coverage_type(counted) == "INT8"
+    fp8 = {"dtype": "fp8", **counted}
+    assert coverage_type(fp8) == "FP8" and "2 of 3 quantizable layers in FP8" in describe_coverage(
+        fp8
+    )

@@ -38,12 +38,19 @@ def format_metric(value: Any, limit: Any = None, digits: int = 4) -> str:
 
 
 def describe_coverage(coverage: dict[str, Any]) -> str:
-    """One line: how much of the quantizable compute an INT8 pass quantized."""
+    """One line: how much of the quantizable compute a quantizing pass quantized, and to
+    which type (INT8 unless the coverage names another)."""
     layers, macs = coverage["layers"], coverage["macs"]
-    text = f"{layers['quantized']} of {layers['quantizable']} quantizable layers in INT8"
+    kind = coverage_type(coverage)
+    text = f"{layers['quantized']} of {layers['quantizable']} quantizable layers in {kind}"
     if macs["quantizable"]:
         share = 100.0 * macs["quantized"] / macs["quantizable"]
         text += f", {share:.1f}% of {macs['quantizable']:,} MACs (dynamic dims as 1)"
     if macs.get("unknown_layers"):
         text += f"; {macs['unknown_layers']} layers of unknown shape not counted"
     return text
+
+
+def coverage_type(coverage: dict[str, Any]) -> str:
+    """The type a coverage counts, as a heading says it (INT8, FP8)."""
+    return str(coverage.get("dtype") or "int8").upper()

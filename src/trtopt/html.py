@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .formatting import describe_coverage, format_limit, format_metric, format_value
+from .formatting import (
+    coverage_type,
+    describe_coverage,
+    format_limit,
+    format_metric,
+    format_value,
+)
 
 SCATTER_POINTS = 4000
 """Most points a scatter plot draws (an even stride through the values): enough to see the
@@ -351,7 +357,8 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
 
     coverage = None if is_check else report.get("int8_coverage")
     if coverage:
-        parts.append(f"<h2>INT8 coverage</h2><p>{_e(describe_coverage(coverage))}</p>")
+        heading = f"{coverage_type(coverage)} coverage"
+        parts.append(f"<h2>{_e(heading)}</h2><p>{_e(describe_coverage(coverage))}</p>")
     kept = [] if is_check else report.get("kept_in_higher_precision") or []
     if kept:
         parts.append("<h2>Kept in higher precision</h2>")

@@ -11,7 +11,7 @@ from ._version import versions
 from .accuracy import AccuracyResult
 from .errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
 from .feeds import Feed
-from .formatting import describe_coverage, format_limit, format_metric
+from .formatting import coverage_type, describe_coverage, format_limit, format_metric
 from .gate import CheckResult, ShapeCheck
 from .session import checked as checked_what
 from .stages import PassRecord, kept_in_higher_precision, quantized_coverage
@@ -164,7 +164,8 @@ def markdown(report: dict[str, Any]) -> str:
         ]
     coverage = report.get("int8_coverage")
     if coverage:
-        lines += ["", "## INT8 coverage", "", f"- {describe_coverage(coverage)}"]
+        heading = f"## {coverage_type(coverage)} coverage"
+        lines += ["", heading, "", f"- {describe_coverage(coverage)}"]
     kept = report.get("kept_in_higher_precision") or []
     if kept:
         lines += [
