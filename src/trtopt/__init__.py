@@ -18,6 +18,7 @@ _EXPORTS = {
     "batch": ("BatchResult", "compile_many", "summary_table", "worst_exit_code"),
     "cache": ("CacheInfo", "PruneResult", "cache_info", "prune_cache"),
     "deploy": ("TritonModel", "deploy_to_triton", "write_model_repository"),
+    "deploy.monitor": ("MonitorResult", "monitor"),
     "diff": ("DiffResult", "diff_reports"),
     "errors": (
         "BuildError",
@@ -63,6 +64,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .batch import BatchResult, compile_many, summary_table, worst_exit_code
     from .cache import CacheInfo, PruneResult, cache_info, prune_cache
     from .deploy import TritonModel, deploy_to_triton, write_model_repository
+    from .deploy.monitor import MonitorResult, monitor
     from .diff import DiffResult, diff_reports
     from .errors import (
         BuildError,

@@ -271,6 +271,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def cmd_monitor(args: argparse.Namespace) -> int:
+    result = trtopt.monitor(args.recipe, args.data, artifact=args.artifact, overrides=args.set)
+    if args.junit:
+        result.write_junit(args.junit)
+    if args.html:
+        result.write_html(args.html)
+    print(jsontext.dumps(result.to_json(), indent=2) if args.json else result.format())
+    return result.exit_code
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     result = trtopt.diff_reports(
         args.report_a,
@@ -457,6 +467,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--baseline", help="report for max_degradation (default: check.baseline)")
     sub.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
     sub.add_argument("--html", metavar="FILE", help="also write an HTML report")
+    sub.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub.add_argument("--set", **overrides)
+
+    sub = verb(
+        "monitor",
+        cmd_monitor,
+        "Run a compiled artifact and its reference on inputs captured in production; flag the "
+        "samples beyond the thresholds.",
+    )
+    sub.add_argument("recipe", help="the recipe (thresholds, model, artifact)")
+    sub.add_argument(
+        "--data",
+        required=True,
+        metavar="DIR",
+        help="captured inputs: a folder of .npz files (arrays by input name, a sample or a "
+        "batch each) or of images",
+    )
+    sub.add_argument("--artifact", help="artifact file or output folder (default: the recipe's)")
+    sub.add_argument("--junit", metavar="FILE", help="also write JUnit XML")
+    sub.add_argument("--html", metavar="FILE", help="also write an HTML page with the plots")
     sub.add_argument("--json", action="store_true", help="print the result as JSON")
     sub.add_argument("--set", **overrides)
 

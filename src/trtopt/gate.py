@@ -272,6 +272,18 @@ def _artifact_file(recipe: Recipe | None, artifact: str | Path | None) -> Path:
     return path
 
 
+def open_artifact(
+    recipe: Recipe | None, artifact: str | Path | None = None
+) -> tuple[Path, BaseRunner, Path, str]:
+    """The artifact ``check`` would run (``artifact``: a file or an output folder, else the
+    recipe's output folder), a runner for it, the ONNX graph it was built from, and what runs
+    (the artifact, or that graph on ONNX Runtime where the artifact cannot run here). Raises
+    UserError (exit 2) when there is none."""
+    path = _artifact_file(recipe, artifact)
+    runner, onnx_path, what_ran = _runner(path, recipe)
+    return path, runner, onnx_path, what_ran
+
+
 def _built(folder: Path) -> dict[str, Any]:
     """The `build` section of an output folder's report.json ({} when there is none)."""
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
@@ -491,6 +503,7 @@ __all__: Sequence[str] = [
     "check_shapes",
     "format_check",
     "golden_for_recipe",
+    "open_artifact",
     "run_golden",
     "verify_golden",
 ]

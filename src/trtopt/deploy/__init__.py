@@ -1,7 +1,10 @@
-"""Deploying a compile's artifact: a Triton Inference Server model repository entry."""
+"""Deploying a compile's artifact: a Triton Inference Server model repository entry, and
+monitoring the deployed model's drift from its reference on captured inputs (the function is
+``trtopt.monitor``, from ``trtopt.deploy.monitor``: the name here stays the module's)."""
 
 from __future__ import annotations
 
+from .monitor import MonitorResult
 from .triton import (
     TritonConfig,
     TritonModel,
@@ -13,6 +16,7 @@ from .triton import (
 )
 
 __all__ = [
+    "MonitorResult",
     "TritonConfig",
     "TritonModel",
     "TritonTensor",
