@@ -38,7 +38,7 @@ MISSING_PLOTS = "Plots need matplotlib: pip install 'trtopt[report]'."
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
 
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:72rem;
 padding:1rem 1.5rem;color:#1d2125;background:#fff;line-height:1.4}
 h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem;
@@ -83,7 +83,8 @@ def output_pairs(
 # -- plots ------------------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float, left: float = 0.07) -> Any:
+def new_figure(width: float, height: float, left: float = 0.07) -> Any:
+    """A matplotlib figure of the report's size and margins."""
     # The object API with an Agg canvas: no pyplot, so no global backend switch in the caller.
     # Fixed margins rather than a layout engine, which doubles the drawing time.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -96,7 +97,8 @@ def _figure(width: float, height: float, left: float = 0.07) -> Any:
     return figure
 
 
-def _png(figure: Any, alt: str) -> str:
+def png(figure: Any, alt: str) -> str:
+    """A matplotlib figure as an embedded PNG ``<img>`` (the page stays one file)."""
     buffer = io.BytesIO()
     # No Software/date metadata: the same report gives the same bytes.
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
@@ -128,7 +130,7 @@ def _output_plot(name: str, reference: np.ndarray, candidate: np.ndarray) -> str
     finite = np.isfinite(reference) & np.isfinite(candidate)
     reference, candidate = reference[finite], candidate[finite]
     error = np.abs(candidate - reference)
-    figure = _figure(10, 3.4, left=0.11)
+    figure = new_figure(10, 3.4, left=0.11)
     left, right = figure.subplots(1, 2)
     error_histogram(left, error)
     left.set_title(f"{name}: |artifact - reference| ({error.size:,} values)")
@@ -142,14 +144,14 @@ def _output_plot(name: str, reference: np.ndarray, candidate: np.ndarray) -> str
     right.set_xlabel("reference")
     right.set_ylabel("artifact")
     right.set_title(f"{name}: artifact vs reference")
-    return _png(figure, f"{name}: error histogram and reference-vs-artifact scatter")
+    return png(figure, f"{name}: error histogram and reference-vs-artifact scatter")
 
 
 def _passes_plot(passes: Sequence[Mapping[str, Any]]) -> str:
     labels = [f"{i + 1}. {p['name']}" for i, p in enumerate(passes)]
     rows = np.arange(len(passes))
     widest = max(len(label) for label in labels)
-    figure = _figure(10, 0.45 * len(passes) + 1.4, left=min(0.4, 0.012 * widest + 0.03))
+    figure = new_figure(10, 0.45 * len(passes) + 1.4, left=min(0.4, 0.012 * widest + 0.03))
     nodes, seconds = figure.subplots(1, 2, sharey=True)
     before, after = [p["nodes_before"] for p in passes], [p["nodes_after"] for p in passes]
     nodes.barh(rows - 0.2, before, 0.4, color="#8c959f")
@@ -161,12 +163,12 @@ def _passes_plot(passes: Sequence[Mapping[str, Any]]) -> str:
     seconds.barh(rows, [p["seconds"] for p in passes], 0.6, color="#bf8700")
     seconds.set_xlabel("seconds")
     seconds.set_title("time per pass")
-    return _png(figure, "node count and time per pass")
+    return png(figure, "node count and time per pass")
 
 
 def _latency_plot(latency: Mapping[str, Any]) -> str:
     who = [w for w in ("reference", "artifact") if isinstance(latency.get(w), dict)]
-    figure = _figure(10, 2.8, left=0.1)
+    figure = new_figure(10, 2.8, left=0.1)
     axes = figure.subplots()
     samples = [latency[w].get("samples_ms") for w in who]
     if all(samples):
@@ -179,22 +181,24 @@ def _latency_plot(latency: Mapping[str, Any]) -> str:
         axes.legend()
     axes.set_xlabel("milliseconds per inference")
     axes.set_title(f"latency over {latency.get('runs', '?')} runs")
-    return _png(figure, "latency distribution")
+    return png(figure, "latency distribution")
 
 
 # -- page ------------------------------------------------------------------------------------
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
+    """Any value as HTML text."""
     return html.escape(str(value))
 
 
 def _num(value: Any) -> str:
-    return _e(format_value(value, 6))
+    return escape(format_value(value, 6))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table: ``header`` as text, each row's cells as ready ``<td>`` markup."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -203,8 +207,8 @@ def _accuracy_table(acc: Mapping[str, Any]) -> str:
     rows = []
     for name, output in acc.get("outputs", {}).items():
         if output.get("error"):
-            cells = [f"<td>{_e(name)}</td>", "<td>-</td>", "<td>-</td>", "<td>-</td>"]
-            rows.append([*cells, f'<td class="bad">FAIL: {_e(output["error"])}</td>'])
+            cells = [f"<td>{escape(name)}</td>", "<td>-</td>", "<td>-</td>", "<td>-</td>"]
+            rows.append([*cells, f'<td class="bad">FAIL: {escape(output["error"])}</td>'])
             continue
         gated = {c["metric"]: c for c in output.get("checks", [])}
         items = [(m, v, gated.pop(m, None)) for m, v in output.get("metrics", {}).items()]
@@ -215,7 +219,7 @@ def _accuracy_table(acc: Mapping[str, Any]) -> str:
             if check is None:
                 limit, verdict = "-", '<td class="dim">not gated</td>'
             else:
-                limit = _e(format_limit(check["limit"]))
+                limit = escape(format_limit(check["limit"]))
                 if check.get("baseline") is not None:
                     limit += f" (baseline {_num(check['baseline'])})"
                 verdict = (
@@ -223,23 +227,25 @@ def _accuracy_table(acc: Mapping[str, Any]) -> str:
                 )
             rows.append(
                 [
-                    f"<td>{_e(name)}</td>",
-                    f"<td>{_e(metric)}</td>",
-                    f'<td class="num">{_e(format_metric(value, check and check["limit"], 6))}</td>',
+                    f"<td>{escape(name)}</td>",
+                    f"<td>{escape(metric)}</td>",
+                    '<td class="num">'
+                    + escape(format_metric(value, check and check["limit"], 6))
+                    + "</td>",
                     f'<td class="num">{limit}</td>',
                     verdict,
                 ]
             )
-    return _table(["output", "metric", "value", "limit", "verdict"], rows)
+    return table(["output", "metric", "value", "limit", "verdict"], rows)
 
 
 def _verdict_block(title: str, verdict: str, lines: Sequence[str], failures: Sequence[str]) -> str:
     kind = verdict if verdict in ("pass", "fail", "incomplete") else "fail"
-    items = "".join(f"<li>{_e(f)}</li>" for f in failures)
+    items = "".join(f"<li>{escape(f)}</li>" for f in failures)
     summary = "".join(f"<div>{line}</div>" for line in lines)
     return (
-        f'<div class="verdict {kind}" id="verdict"><span class="badge">{_e(verdict.upper())}'
-        f"</span> &nbsp;<b>{_e(title)}</b>{summary}"
+        f'<div class="verdict {kind}" id="verdict"><span class="badge">{escape(verdict.upper())}'
+        f"</span> &nbsp;<b>{escape(title)}</b>{summary}"
         + (f'<ul class="failures">{items}</ul>' if items else "")
         + "</div>"
     )
@@ -258,22 +264,24 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     lines = []
     if is_check:
         samples = acc.get("samples")
-        lines.append(f"golden file <code>{_e(report['golden'])}</code>, {samples} samples")
-        lines.append(f"checked <code>{_e(report['artifact'])}</code> ({_e(report['checked'])})")
+        lines.append(f"golden file <code>{escape(report['golden'])}</code>, {samples} samples")
+        lines.append(
+            f"checked <code>{escape(report['artifact'])}</code> ({escape(report['checked'])})"
+        )
     else:
         model, build = report["model"], report["build"]
         lines.append(
-            f"model <code>{_e(model['path'])}</code> ({model['nodes']} nodes) &rarr; "
-            f"{_e(build['backend'])} artifact <code>{_e(build['artifact'])}</code> "
+            f"model <code>{escape(model['path'])}</code> ({model['nodes']} nodes) &rarr; "
+            f"{escape(build['backend'])} artifact <code>{escape(build['artifact'])}</code> "
             f"({build['size_bytes']:,} bytes)"
         )
-        lines.append(f"accuracy on {acc.get('samples')} samples ({_e(acc.get('data'))})")
+        lines.append(f"accuracy on {acc.get('samples')} samples ({escape(acc.get('data'))})")
         if acc.get("artifact_not_run"):
-            lines.append(_e(acc["artifact_not_run"]))
+            lines.append(escape(acc["artifact_not_run"]))
         if golden:
             lines.append(
-                f"golden check: <b>{_e(golden['verdict'])}</b> on <code>{_e(golden['golden'])}"
-                "</code>"
+                f"golden check: <b>{escape(golden['verdict'])}</b> on "
+                f"<code>{escape(golden['golden'])}</code>"
             )
     parts = [
         _verdict_block(
@@ -288,16 +296,17 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     if not is_check and acc:
         parts.append(
             f'<p class="note">Reference: the original model on ONNX Runtime CPU; '
-            f"data: {_e(acc.get('data'))}.</p>"
+            f"data: {escape(acc.get('data'))}.</p>"
         )
     parts.append(_accuracy_table(acc))
     if golden:
-        parts.append(f"<h3>Golden check ({_e(golden['golden'])})</h3>")
+        parts.append(f"<h3>Golden check ({escape(golden['golden'])})</h3>")
         parts.append(_accuracy_table(golden["accuracy"]))
     for shape_check in [] if is_check else acc.get("profiles") or []:
         shapes = ", ".join(f"{k} {v}" for k, v in shape_check["shapes"].items())
         parts.append(
-            f"<h3>At {_e(shape_check['profile'])} ({_e(shapes)}): {_e(shape_check['verdict'])}</h3>"
+            f"<h3>At {escape(shape_check['profile'])} ({escape(shapes)}): "
+            f"{escape(shape_check['verdict'])}</h3>"
         )
         parts.append(_accuracy_table(shape_check))
     if pairs:
@@ -314,24 +323,25 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
             parts.append(_passes_plot(passes))
         rows = [
             [
-                f"<td>{i + 1}. {_e(p['name'])}</td>",
+                f"<td>{i + 1}. {escape(p['name'])}</td>",
                 f'<td class="num">{p["nodes_before"]}</td>',
                 f'<td class="num">{p["nodes_after"]}</td>',
                 f'<td class="num">{p["seconds"]:.3f}</td>',
                 "<td>"
                 + (
-                    f"<b>rolled back</b>: {_e(p['rolled_back'])}"
+                    f"<b>rolled back</b>: {escape(p['rolled_back'])}"
                     if p.get("rolled_back")
-                    else _e(", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items())) or "no-op"
+                    else escape(", ".join(f"{op} {n:+d}" for op, n in p["op_delta"].items()))
+                    or "no-op"
                 )
                 + "</td>",
             ]
             for i, p in enumerate(passes)
         ]
-        parts.append(_table(["pass", "nodes before", "nodes after", "seconds", "changes"], rows))
+        parts.append(table(["pass", "nodes before", "nodes after", "seconds", "changes"], rows))
         if report.get("first_diverging_pass"):
             parts.append(
-                f"<p><b>First pass whose outputs diverge: {_e(report['first_diverging_pass'])}"
+                f"<p><b>First pass whose outputs diverge: {escape(report['first_diverging_pass'])}"
                 "</b></p>"
             )
 
@@ -353,38 +363,41 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
             for w in ("reference", "artifact")
             if isinstance(latency.get(w), dict)
         ]
-        parts.append(_table(["model", "median ms", "p90 ms"], rows))
+        parts.append(table(["model", "median ms", "p90 ms"], rows))
 
     coverage = None if is_check else report.get("int8_coverage")
     if coverage:
         heading = f"{coverage_type(coverage)} coverage"
-        parts.append(f"<h2>{_e(heading)}</h2><p>{_e(describe_coverage(coverage))}</p>")
+        parts.append(f"<h2>{escape(heading)}</h2><p>{escape(describe_coverage(coverage))}</p>")
     kept = [] if is_check else report.get("kept_in_higher_precision") or []
     if kept:
         parts.append("<h2>Kept in higher precision</h2>")
         rows = [
             [
-                f"<td>{_e(k.get('node'))}</td>",
-                f"<td>{_e(k.get('pass'))}</td>",
-                f"<td>{_e(k.get('reason', ''))}</td>",
+                f"<td>{escape(k.get('node'))}</td>",
+                f"<td>{escape(k.get('pass'))}</td>",
+                f"<td>{escape(k.get('reason', ''))}</td>",
             ]
             for k in kept
         ]
-        parts.append(_table(["node", "pass", "why"], rows))
+        parts.append(table(["node", "pass", "why"], rows))
 
     warnings = [] if is_check else report.get("warnings") or []
     if warnings:
         parts.append(
-            "<h2>Warnings</h2><ul>" + "".join(f"<li>{_e(w)}</li>" for w in warnings) + "</ul>"
+            "<h2>Warnings</h2><ul>" + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>"
         )
     versions = report.get("versions") or {}
     if versions:
         parts.append("<h2>Versions</h2>")
         parts.append(
-            _table(
+            table(
                 ["package", "version"],
                 [
-                    [f"<td>{_e(k)}</td>", f"<td>{_e(v if v is not None else 'not installed')}</td>"]
+                    [
+                        f"<td>{escape(k)}</td>",
+                        f"<td>{escape(v if v is not None else 'not installed')}</td>",
+                    ]
                     for k, v in versions.items()
                 ],
             )
@@ -396,7 +409,7 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<title>{escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
         + "\n".join(parts)
         + "\n</body></html>\n"
     )

@@ -19,9 +19,6 @@ work; an image is checked as it is read.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import math
 import xml.etree.ElementTree as ET
@@ -42,7 +39,16 @@ from ..errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from ..feeds import Feed, InputInfo
 from ..formatting import format_limit, format_metric
 from ..gate import GateSettings, open_artifact
-from ..html import DPI, HISTOGRAM_BINS, MISSING_PLOTS, has_matplotlib
+from ..html import (
+    DPI,
+    HISTOGRAM_BINS,
+    MISSING_PLOTS,
+    PAGE_CSS,
+    escape,
+    has_matplotlib,
+    png,
+    table,
+)
 from ..inputs import apply_input_overrides
 from ..junit import junit_xml
 from ..metrics import HIGHER_IS_BETTER, METRICS, THRESHOLD_FIELDS
@@ -564,49 +570,21 @@ def _same_model(artifact: Path, onnx_path: Path, model_path: Path) -> None:
 
 # -- the page ---------------------------------------------------------------------------------
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:72rem;
-padding:1rem 1.5rem;color:#1d2125;background:#fff;line-height:1.4}
-h1{font-size:1.5rem;margin:.2rem 0}h2{font-size:1.15rem;margin:1.6rem 0 .5rem;
-border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
-.verdict{padding:.8rem 1.2rem;border-radius:.4rem;margin:.5rem 0 1rem}
-.pass{background:#dafbe1;border:2px solid #1a7f37}.fail{background:#ffebe9;border:2px solid #cf222e}
-.badge{font-weight:700;font-size:1.6rem;letter-spacing:.05em}
-table{border-collapse:collapse;margin:.4rem 0;font-size:.9rem}
-th,td{border:1px solid #d0d7de;padding:.25rem .55rem;text-align:left;vertical-align:top}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.ok{color:#1a7f37}td.bad{color:#cf222e;font-weight:700}td.dim{color:#6e7781}
-img{max-width:100%;height:auto;display:block;margin:.3rem 0}
-ul.failures{margin:.3rem 0 0 1.2rem;padding:0;color:#cf222e}
-.note{color:#6e7781;font-size:.9rem}code{font-size:.85rem}
-"""
-"""report.html's look (html.py), for the monitor's own page."""
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
 
 def render_html(result: MonitorResult) -> str:
     """The monitor's page: verdict, distributions, flagged samples, plots (with matplotlib),
     versions; self-contained (plots are embedded PNG images)."""
     verdict = "pass" if result.passed else "fail"
     summary = [
-        f"{_samples(result.samples)} from <code>{_e(result.data)}</code>, "
+        f"{_samples(result.samples)} from <code>{escape(result.data)}</code>, "
         f"{len(result.flagged)} beyond the thresholds",
-        f"checked <code>{_e(result.artifact)}</code> ({_e(result.checked)}) against the "
+        f"checked <code>{escape(result.artifact)}</code> ({escape(result.checked)}) against the "
         "original model on ONNX Runtime CPU",
     ]
-    items = "".join(f"<li>{_e(line)}</li>" for line in result.failures())
+    items = "".join(f"<li>{escape(line)}</li>" for line in result.failures())
     parts = [
         f'<div class="verdict {verdict}" id="verdict"><span class="badge">{verdict.upper()}'
-        f"</span> &nbsp;<b>trtopt monitor: {_e(result.recipe)}</b>"
+        f"</span> &nbsp;<b>trtopt monitor: {escape(result.recipe)}</b>"
         + "".join(f"<div>{line}</div>" for line in summary)
         + (f'<ul class="failures">{items}</ul>' if items else "")
         + "</div>",
@@ -616,10 +594,13 @@ def render_html(result: MonitorResult) -> str:
     if result.flagged:
         parts.append("<h2>Samples beyond the thresholds</h2>")
         rows = [
-            [f"<td><code>{_e(f.sample)}</code></td>", f"<td>{_e('; '.join(f.failures))}</td>"]
+            [
+                f"<td><code>{escape(f.sample)}</code></td>",
+                f"<td>{escape('; '.join(f.failures))}</td>",
+            ]
             for f in result.flagged
         ]
-        parts.append(_table(["sample", "thresholds broken"], rows))
+        parts.append(table(["sample", "thresholds broken"], rows))
     parts.append("<h2>Distributions</h2>")
     if has_matplotlib():
         parts += [_output_plot(o) for o in result.outputs if o.metrics]
@@ -627,10 +608,13 @@ def render_html(result: MonitorResult) -> str:
         parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
     parts.append("<h2>Versions</h2>")
     parts.append(
-        _table(
+        table(
             ["package", "version"],
             [
-                [f"<td>{_e(k)}</td>", f"<td>{_e(v if v is not None else 'not installed')}</td>"]
+                [
+                    f"<td>{escape(k)}</td>",
+                    f"<td>{escape(v if v is not None else 'not installed')}</td>",
+                ]
                 for k, v in versions().items()
             ],
         )
@@ -639,7 +623,7 @@ def render_html(result: MonitorResult) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<title>{escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
@@ -649,22 +633,23 @@ def _distribution_table(result: MonitorResult) -> str:
     rows = []
     for output in result.outputs:
         if output.error:
-            cells = [f"<td>{_e(output.name)}</td>", *["<td>-</td>"] * 6]
-            rows.append([*cells, f'<td class="bad">FAIL: {_e(output.error)}</td>'])
+            cells = [f"<td>{escape(output.name)}</td>", *["<td>-</td>"] * 6]
+            rows.append([*cells, f'<td class="bad">FAIL: {escape(output.error)}</td>'])
         for metric, dist in output.metrics.items():
             values = [
-                f'<td class="num">{_e(format_metric(v, dist.limit, 6))}</td>' for v in _stats(dist)
+                f'<td class="num">{escape(format_metric(v, dist.limit, 6))}</td>'
+                for v in _stats(dist)
             ]
             if dist.limit is None:
                 limit, verdict = "-", '<td class="dim">not gated</td>'
             elif dist.passed:
-                limit, verdict = _e(format_limit(dist.limit)), '<td class="ok">pass</td>'
+                limit, verdict = escape(format_limit(dist.limit)), '<td class="ok">pass</td>'
             else:
-                limit, verdict = _e(format_limit(dist.limit)), '<td class="bad">FAIL</td>'
+                limit, verdict = escape(format_limit(dist.limit)), '<td class="bad">FAIL</td>'
             rows.append(
                 [
-                    f"<td>{_e(output.name)}</td>",
-                    f"<td>{_e(metric)}</td>",
+                    f"<td>{escape(output.name)}</td>",
+                    f"<td>{escape(metric)}</td>",
                     *values,
                     f'<td class="num">{limit}</td>',
                     f'<td class="num">{len(dist.beyond)}</td>',
@@ -672,7 +657,7 @@ def _distribution_table(result: MonitorResult) -> str:
                 ]
             )
     header = ["output", "metric", "worst", "p50", "p99", "limit", "samples beyond", "verdict"]
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _output_plot(output: OutputDrift) -> str:
@@ -703,11 +688,7 @@ def _output_plot(output: OutputDrift) -> str:
         axes.tick_params(labelsize=8)
         axes.set_title(f"{output.name} {dist.metric} ({len(dist.beyond)} beyond)", fontsize=10)
         axes.set_ylabel("samples")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    alt = f"{output.name}: each metric's distribution over the samples"
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+    return png(figure, f"{output.name}: each metric's distribution over the samples")
 
 
 __all__ = [
