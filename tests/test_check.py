@@ -14,7 +14,7 @@ from junitparser import Failure, JUnitXml, Skipped
 
 import trtopt
 from gate_helpers import QUICKSTART, compile_quickstart, perturb
-from helpers import ROOT
+from helpers import ROOT, run_cli
 from trtopt import accuracy, metrics
 from trtopt.cli import main
 from trtopt.errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
@@ -261,3 +261,9 @@ def test_new_metrics_match_numpy():
     identical = accuracy.compare(reference, reference, spec.thresholds_for, {"scores"})
     assert identical.outputs[0].metrics["snr_db"] == metrics.DB_CEILING
     json.dumps(identical.to_json(), allow_nan=False)  # standard JSON, no Infinity
+
+
+def test_check_of_a_recipe_compiled_elsewhere_names_artifact(tmp_path):
+    result = run_cli("check", str(QUICKSTART), "--set", f"output={tmp_path / 'nowhere'}")
+    assert result.returncode == EXIT_USER
+    assert "artifact not found" in result.stderr and "--artifact DIR" in result.stderr

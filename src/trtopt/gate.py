@@ -267,7 +267,12 @@ def _artifact_file(recipe: Recipe | None, artifact: str | Path | None) -> Path:
         name = built.get("artifact") or _expected_name(recipe)
         path = path / name
     if not path.is_file():
-        hint = "; compile the recipe first (`trtopt compile RECIPE`)" if recipe else ""
+        hint = (
+            "; compile the recipe first (`trtopt compile RECIPE`), or name the output folder "
+            "a compile wrote with -o: --artifact DIR"
+            if recipe and artifact is None
+            else ""
+        )
         raise UserError(f"artifact not found{hint}", str(path))
     return path
 
