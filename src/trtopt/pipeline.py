@@ -22,6 +22,7 @@ from . import accuracy, feeds, gate, graph_io, latency, report
 from . import html as html_report
 from ._version import __version__
 from .backends import ONNX_ARTIFACT, Backend, BuildResult, get_backend
+from .backends.onnxruntime import ProviderChoice, choose_providers
 from .backends.profiles import derive_profiles
 from .backends.tensorrt import BackendOptionError
 from .cache import (
@@ -31,6 +32,7 @@ from .cache import (
     resolve_cache_dir,
 )
 from .calibration import DataSet, ranges_cache
+from .calibration.collect import session_providers
 from .compile_cache import cache_keys, compile_settings, from_cache, store_compile
 from .deploy import triton_place, write_model_repository
 from .errors import (
@@ -204,16 +206,17 @@ def _compile(
     say: Callable[[str], None],
     store: StageCache | None = None,
 ) -> CompileResult:
+    measuring = _measuring(recipe)
     job = _prepare(recipe, model_path, out, store)
     if job.compile_key is not None and (hit := store.get(job.compile_key)) is not None:  # type: ignore[union-attr]
         say("unchanged: artifacts from the cache")
         finish = partial(_deploy, recipe)
         cached = from_cache(hit, recipe, model_path, out, store, finish)  # type: ignore[arg-type]
         return CompileResult(cached["exit_code"], out, cached)
-    reference = Reference(model_path, job.data)
+    reference = Reference(model_path, job.data, recipe.calibration.model_dump(mode="json"))
     staging = stage_output(out)
     try:
-        with scratch_folder("scratch") as scratch:
+        with scratch_folder("scratch") as scratch, session_providers(measuring.providers):
             ctx = WatchedContext(
                 scratch_dir=scratch,
                 feeds=job.data,
@@ -221,6 +224,8 @@ def _compile(
                 validation=job.validation,
                 artifacts_dir=staging,
             )
+            ctx.warnings += measuring.notes("calibration.providers")
+            ctx.warnings += getattr(job.backend, "notes", [])  # providers skipped
             judge, verify = _stage_judge(recipe, job.source, model_path, scratch, reference)
             graph, records, first_diverging = run_passes(
                 recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
@@ -243,6 +248,7 @@ def _compile(
             unavailable=job.unavailable is not None,
             warnings=ctx.warnings,
         )
+        the_report["calibration"] = {**measuring.to_json(), "reference": reference.providers}
         pairs = html_report.output_pairs(reference.outputs, checked.outputs)
         html_report.write_html(the_report, staging / "report.html", pairs)
         _cache_compile(job, recipe, records, the_report, staging, pairs)
@@ -483,4 +489,16 @@ def _backend(recipe: Recipe, model: onnx.ModelProto) -> Any:
                 else recipe.place("inputs", name, "profile")
             ),
         )
-    return get_backend(recipe.build.backend, recipe.build.options(), profiles)
+    try:  # the ONNX Runtime backend checks its execution providers here, before any pass
+        return get_backend(recipe.build.backend, recipe.build.options(), profiles)
+    except BackendOptionError as error:
+        where = recipe.place("build", recipe.build.section(), error.option)
+        raise RecipeError(error.message, where) from None
+
+
+def _measuring(recipe: Recipe) -> ProviderChoice:
+    """The execution providers of calibration and the reference run (`calibration`)."""
+    try:
+        return choose_providers(**recipe.calibration.model_dump(mode="json"))
+    except BackendOptionError as error:
+        raise RecipeError(error.message, recipe.place("calibration", error.option)) from None

@@ -104,6 +104,57 @@ class InputSpec(Strict):
         return [self.profile] if self.profile is not None else list(self.profiles)
 
 
+class CudaProviderOptions(Strict):
+    """ONNX Runtime's CUDA execution provider (CUDAExecutionProvider, package
+    onnxruntime-gpu)."""
+
+    device_id: Annotated[int, Field(ge=0)] = 0
+    """CUDA device the provider runs on."""
+    cudnn_conv_algo_search: Literal["exhaustive", "heuristic", "default"] = "exhaustive"
+    """How cuDNN picks a convolution algorithm: exhaustive benchmarks every one on the first
+    run (ONNX Runtime's default), heuristic asks cuDNN's heuristics, default takes the
+    implicit-GEMM algorithm without searching (least memory)."""
+    tf32: bool = False
+    """Allow TF32 for FP32 matmul/convolution (ONNX Runtime's use_tf32). Off: FP32 stays FP32,
+    as the graph says (ONNX Runtime itself defaults to on)."""
+
+
+class TensorrtProviderOptions(Strict):
+    """ONNX Runtime's TensorRT execution provider (TensorrtExecutionProvider, package
+    onnxruntime-gpu with TensorRT's libraries). Its own precision flags (trt_fp16_enable,
+    trt_int8_enable) are always off and cannot be set: precision is in the graph (casts, Q/DQ),
+    and those flags would let TensorRT lower FP32 layers behind the accuracy check's back."""
+
+    device_id: Annotated[int, Field(ge=0)] = 0
+    """CUDA device the provider runs on."""
+    engine_cache_path: str | None = None
+    """Folder of TensorRT engines the provider builds, reused by later sessions
+    (trt_engine_cache_path); relative to the recipe. Null: engines are built anew by every
+    session."""
+    timing_cache_path: str | None = None
+    """Folder of the provider's timing cache (trt_timing_cache_path); relative to the recipe.
+    Null: no timing cache."""
+    builder_optimization_level: Annotated[int, Field(ge=0, le=5)] | None = None
+    """TensorRT builder optimization level 0-5 (trt_builder_optimization_level); null keeps
+    the provider's (3)."""
+    max_workspace_size: ByteSize | None = None
+    """TensorRT workspace limit, e.g. 4GiB (trt_max_workspace_size); null: the provider's
+    default (the device's memory)."""
+
+
+ProviderName = Literal["tensorrt", "cuda", "cpu"]
+"""An ONNX Runtime execution provider: tensorrt (TensorrtExecutionProvider), cuda
+(CUDAExecutionProvider) or cpu (CPUExecutionProvider)."""
+
+
+def _distinct(names: list[str]) -> list[str]:
+    if not names:
+        raise ValueError("name at least one provider, e.g. [cpu]")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{names} names a provider twice")
+    return names
+
+
 class OnnxruntimeOptions(Strict):
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     """ONNX Runtime's own graph optimizations applied when the session is created."""
@@ -111,6 +162,40 @@ class OnnxruntimeOptions(Strict):
     """Threads within an operator; 0 lets ONNX Runtime choose."""
     inter_op_threads: Annotated[int, Field(ge=0, le=MAX_THREADS)] = 0
     """Threads across operators; 0 lets ONNX Runtime choose."""
+    providers: list[ProviderName] = ["cpu"]
+    """Execution providers the artifact runs on, in order of preference: a node runs on the
+    first that takes it, e.g. [tensorrt, cuda, cpu]. tensorrt and cuda need the onnxruntime-gpu
+    package in place of onnxruntime (extra `gpu`). The report's build section lists the
+    providers that actually ran."""
+    fallback: bool = False
+    """A provider named in `providers` that this machine lacks (not in the installed
+    onnxruntime, or it fails to start: no GPU, no CUDA libraries) is skipped, with a warning,
+    and the next one runs. Default false: the compile stops (exit 2) rather than report CPU
+    numbers for a GPU recipe."""
+    tensorrt: TensorrtProviderOptions = TensorrtProviderOptions()
+    """Options of the tensorrt provider."""
+    cuda: CudaProviderOptions = CudaProviderOptions()
+    """Options of the cuda provider."""
+
+    _distinct_providers = field_validator("providers")(_distinct)
+
+
+class CalibrationSpec(Strict):
+    """Where trtopt's own ONNX Runtime runs happen: calibration (quantize, and the precision
+    pass's range guard) and the reference model the accuracy check compares with (its outputs
+    and latency). Default CPU: the same numbers on every machine. [cuda, cpu] with fallback
+    true uses the GPU where there is one, which makes calibrating a large model practical."""
+
+    providers: list[Literal["cuda", "cpu"]] = ["cpu"]
+    """Execution providers, in order of preference: cuda (CUDAExecutionProvider, package
+    onnxruntime-gpu) and cpu."""
+    fallback: bool = False
+    """A provider this machine lacks is skipped, with a warning, and the next one runs;
+    default false: the compile stops (exit 2)."""
+    cuda: CudaProviderOptions = CudaProviderOptions()
+    """Options of the cuda provider."""
+
+    _distinct_providers = field_validator("providers")(_distinct)
 
 
 class TensorrtCommonOptions(Strict):
@@ -414,6 +499,9 @@ class Recipe(Strict):
     """Python files defining extra passes; loaded before the passes are validated."""
     cache: CacheSpec = CacheSpec()
     deploy: DeploySpec = DeploySpec()
+    calibration: CalibrationSpec = CalibrationSpec()
+    """Execution providers of calibration and the reference run (ONNX Runtime's CPU by
+    default)."""
     strict: bool = False
     """A pass whose result fails to load, fails the ONNX checker, changes the outputs of a
     pass that must keep them, or raises, is rolled back and the compile goes on; true: such a
@@ -523,6 +611,8 @@ PATH_FIELDS: tuple[KeyPath, ...] = (
     ),
     ("build", "tensorrt", "timing_cache"),
     ("build", "tensorrt_rtx", "runtime_cache"),
+    ("build", "onnxruntime", "tensorrt", "engine_cache_path"),
+    ("build", "onnxruntime", "tensorrt", "timing_cache_path"),
     ("cache", "dir"),
     ("check", "golden"),
     ("check", "baseline"),

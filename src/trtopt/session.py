@@ -3,9 +3,10 @@ checks an artifact (the ONNX graph it was built from, where the artifact cannot 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import onnx
 from polygraphy.backend.base import BaseRunner
@@ -37,18 +38,28 @@ def quiet_polygraphy() -> Iterator[None]:
 
 
 class Reference:
-    """The original model on ONNX Runtime CPU: its feeds, its outputs on them, and a runner."""
+    """The original model on ONNX Runtime (CPU unless ``options`` say otherwise): its feeds,
+    its outputs on them, a runner, and the execution providers it ran on.
 
-    def __init__(self, model_path: Path, data: list[Feed]) -> None:
+    ``options``: a recipe's `calibration` section as plain data (``providers``, ``fallback``,
+    ``cuda``), keyword arguments of ``session_loader``; a provider missing here raises
+    ProviderUnavailableError (a BackendOptionError) unless ``fallback``."""
+
+    def __init__(
+        self, model_path: Path, data: list[Feed], options: Mapping[str, Any] | None = None
+    ) -> None:
+        loader = session_loader(model_path, **(options or {}))
         try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
-            session = session_loader(model_path)()
+            session = loader()
         except ort_backend.LOAD_ERRORS as error:
             model = onnx.load(str(model_path), load_external_data=False)
             raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
         self.feeds = data
+        self.providers: list[str] = session.get_providers()
+        """The ONNX Runtime execution providers the reference session registered."""
         self.outputs = accuracy.run(OnnxrtRunner(session, name="reference"), data)
         del session  # a large model's session is not held while the passes run
-        self.runner = OnnxrtRunner(session_loader(model_path), name="reference")
+        self.runner = OnnxrtRunner(loader, name="reference")
 
 
 def artifact_runner(

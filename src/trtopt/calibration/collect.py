@@ -17,8 +17,11 @@ with pre-packed MatMul weights).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,6 +44,24 @@ SMALL_INITIALIZER = 4096
 
 Observer = Callable[[str, np.ndarray], None]
 Weights = Mapping[str, np.ndarray]
+
+CPU_ONLY: tuple[tuple[str, dict[str, Any]], ...] = (("CPUExecutionProvider", {}),)
+_PROVIDERS: ContextVar[Sequence[tuple[str, dict[str, Any]]]] = ContextVar(
+    "trtopt_calibration_providers", default=CPU_ONLY
+)
+
+
+@contextlib.contextmanager
+def session_providers(providers: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[None]:
+    """Within the block, calibration sessions run on ``providers`` (ONNX Runtime's names and
+    options, in order of preference; the recipe's `calibration` section, checked by the
+    caller); outside it, on the CPU."""
+    token = _PROVIDERS.set(tuple(providers))
+    try:
+        yield
+    finally:
+        _PROVIDERS.reset(token)
+
 
 FEEDABLE = frozenset(
     np.dtype(t)
@@ -84,7 +105,7 @@ def _session(model: onnx.ModelProto, outputs: Sequence[str]) -> ort.InferenceSes
     # fed: the session then holds one batch's activations.)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    return ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(serialized, options, providers=list(_PROVIDERS.get()))
 
 
 def weightless(model: onnx.ModelProto, feedable_only: bool = False) -> onnx.ModelProto:
