@@ -133,8 +133,16 @@ def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
         raise ModelError(error.message, str(path)) from None
     if external_data:
         load_external_data_for_model(model, str(path.parent))
+    check_file(path)
+    if not model.graph.output:
+        raise ModelError("the model has no outputs: there is nothing to build or check", str(path))
+    return model
+
+
+def check_file(path: Path) -> None:
+    """The ONNX checker on a model file (the path form reads it in C++, models over 2 GiB
+    too, without a Python copy); a ModelError naming the file and what is wrong."""
     try:
-        # The path form also checks models over 2 GiB.
         onnx.checker.check_model(str(path))
     except (
         onnx.checker.ValidationError,
@@ -145,9 +153,6 @@ def load_model(path: str | Path, external_data: bool = True) -> onnx.ModelProto:
         text = " ".join(str(error).split())
         text = text if len(text) <= 600 else text[:600] + "..."
         raise ModelError(f"invalid ONNX model: {text}", str(path)) from None
-    if not model.graph.output:
-        raise ModelError("the model has no outputs: there is nothing to build or check", str(path))
-    return model
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:

@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from . import feeds, graph_io
+from . import feeds, graph_io, progress
 from ._version import __version__
 from .calibration import DataSet, DataSource
 from .model import load_model
@@ -32,6 +34,7 @@ from .staging import scratch as scratch_folder
 log = logging.getLogger("trtopt")
 
 
+@contextmanager
 def _optimized(
     model: str | Path | onnx.ModelProto,
     passes: Sequence[PassItem] | None,
@@ -40,7 +43,9 @@ def _optimized(
     strict: bool,
     on_rollback: Callable[[Rollback], None] | None,
     plugins: Sequence[str | Path],
-) -> tuple[gs.Graph, onnx.ModelProto]:
+) -> Iterator[tuple[gs.Graph, onnx.ModelProto, Path | None]]:
+    """The optimized graph, the source model, and (while the block runs) the file the graph
+    was proven as, if it was saved as one (None: not proven, or nothing changed)."""
     for plugin in plugins:
         load_plugin(Path(plugin))
     base_dir = None
@@ -51,34 +56,46 @@ def _optimized(
         source = model
     graph = graph_io.import_graph(source, base_dir)
     pipeline = instantiate(list(passes) if passes is not None else list(DEFAULT_PASSES))
-    with scratch_folder("optimize") as scratch, quiet_polygraphy():
+    with (
+        scratch_folder("optimize") as scratch,
+        quiet_polygraphy(),
+        progress.bar("optimize", None, "step") as shown,
+    ):
         ctx = PassContext(scratch_dir=Path(scratch))
+
+        def say(step: str) -> None:  # what runs now, on the bar (and in logs every few s)
+            shown.set_description_str(f"optimize: {step}", refresh=False)
+            shown.update(1)
+
         if verify and is_large(graph):
             # As in a compile: saving and running every stage of it costs more than the passes.
             log.info("stages of a model over 1 GiB are not proven one by one")
             verify = False
         if not verify:
             for pass_ in pipeline:
+                say(f"pass {pass_.name}")
                 graph = run_pass(pass_, graph, ctx).graph
-            return graph, source
+            yield graph, source, None
+            return
         judge = StageJudge(source, Path(scratch), [], __version__)
         original = model if base_dir is not None else Path(scratch) / "original.onnx"
         if base_dir is None:
             onnx.save_model(source, str(original))
+        say("run the original model")
         judge.feeds, judge.outputs, unverified = _optimize_reference(source, Path(original), data)
         if unverified:
             log.warning(
                 "outputs not compared (%s): each pass's result is only checked to be valid ONNX",
                 unverified,
             )
-        graph, rollbacks = run_proven(
-            graph, pipeline, ctx, judge, lambda: graph_io.import_graph(source, base_dir)
+        graph, rollbacks, proven = run_proven(
+            graph, pipeline, ctx, judge, lambda: graph_io.import_graph(source, base_dir), say
         )
-    for rollback in rollbacks:
-        (on_rollback or _log_rollback)(rollback)
-    if strict and rollbacks:
-        raise RolledBack(rollbacks)
-    return graph, source
+        for rollback in rollbacks:
+            (on_rollback or _log_rollback)(rollback)
+        if strict and rollbacks:
+            raise RolledBack(rollbacks)
+        yield graph, source, proven
 
 
 def _log_rollback(rollback: Rollback) -> None:
@@ -132,8 +149,9 @@ def optimize(
     before it on ``data`` or synthetic inputs) and rolls back a pass that fails, calling
     ``on_rollback`` (default: a logged warning); ``strict`` raises RolledBack instead.
     ``plugins``: files whose passes ``passes`` may name."""
-    graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
-    return graph_io.export_model(graph, source, __version__)
+    with _optimized(model, passes, verify, data, strict, on_rollback, plugins) as optimized:
+        graph, source, _ = optimized
+        return graph_io.export_model(graph, source, __version__)
 
 
 def optimize_file(
@@ -152,5 +170,13 @@ def optimize_file(
     disk throughout, so a model of any size needs little more memory than the passes create.
     ``external_data`` None saves weights to ``<output>.data`` above 1 GiB; the rest as
     :func:`optimize`."""
-    graph, source = _optimized(model, passes, verify, data, strict, on_rollback, plugins)
-    return graph_io.save_graph(graph, Path(output), source, __version__, external_data)
+    output = Path(output)
+    with _optimized(model, passes, verify, data, strict, on_rollback, plugins) as optimized:
+        graph, source, proven = optimized
+        # The file the graph was proven as is already what saving it would write (one file,
+        # this trtopt's producer stamp): moved into place rather than written again.
+        if proven is not None and not external_data and len(list(proven.parent.iterdir())) == 1:
+            output.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(proven, output)
+            return [output]
+        return graph_io.save_graph(graph, output, source, __version__, external_data)

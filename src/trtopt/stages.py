@@ -27,7 +27,7 @@ from ._version import __version__
 from .cache import CacheKeys, Entry, StageCache, WatchedContext, digest, snapshot, written
 from .errors import EXIT_ACCURACY, PassError, RecipeError, TrtoptError, did_you_mean
 from .feeds import Feed
-from .model import EXTERNAL_DATA_THRESHOLD, load_model, op_histogram
+from .model import EXTERNAL_DATA_THRESHOLD, check_file, load_model, op_histogram
 from .passes import Pass, PassContext, PassResult, get_pass
 from .recipe import PassSpec, Recipe
 from .usercode import ExitAttempt, no_exit
@@ -124,7 +124,7 @@ class StageJudge:
         path = self.scratch / f"stage-{self.count}" / "model.onnx"
         try:
             graph_io.save_graph(graph, path, self.like, self.version)
-            load_model(path, external_data=False)  # the ONNX checker, on the file
+            check_file(path)
             outputs = run(path, self.feeds) if self.outputs is not None else None
         except TrtoptError as error:
             return error.message, path, None
@@ -204,11 +204,15 @@ def run_chain(
     ctx: PassContext,
     judge: StageJudge,
     restore: Callable[[], gs.Graph],
-) -> tuple[gs.Graph, list[Rollback]]:
+    say: Callable[[str], None] = log.debug,
+) -> tuple[gs.Graph, list[Rollback], Path | None]:
     """Run ``passes`` in order, judging each stage; a failing pass is rolled back by
-    ``restore`` (the graph before it) until a later stage is accepted."""
-    rollbacks = []
+    ``restore`` (the graph before it) until a later stage is accepted. ``say`` hears what
+    runs. Returns the final graph, the rollbacks, and the file the final graph was proven as
+    (None when no pass changed the graph)."""
+    rollbacks, proven = [], None
     for pass_ in passes:
+        say(f"pass {pass_.name}")
         try:
             result = run_pass(pass_, graph, ctx)
         except PassError as error:
@@ -225,8 +229,8 @@ def run_chain(
             rollbacks.append(Rollback(pass_.name, reason))
             graph = restore()
             continue
-        restore = _loader(path)
-    return graph, rollbacks
+        restore, proven = _loader(path), path
+    return graph, rollbacks, proven
 
 
 def run_proven(
@@ -235,7 +239,8 @@ def run_proven(
     ctx: PassContext,
     judge: StageJudge,
     restore: Callable[[], gs.Graph],
-) -> tuple[gs.Graph, list[Rollback]]:
+    say: Callable[[str], None] = log.debug,
+) -> tuple[gs.Graph, list[Rollback], Path | None]:
     """What :func:`run_chain` gives, for a fraction of its cost when nothing fails: a chain
     of exact passes is run through and only its final graph is proven (one save and run, not
     one per stage). When a pass fails or the final graph is refused, the chain runs again from
@@ -245,17 +250,22 @@ def run_proven(
         changed = False
         try:
             for pass_ in passes:
+                say(f"pass {pass_.name}")
                 result = run_pass(pass_, graph, ctx)
                 graph, changed = result.graph, changed or bool(result.modified)
         except PassError as error:
             if isinstance(error.__cause__, (SystemExit, ExitAttempt)):
                 raise
         else:
-            if not changed or judge.judge(graph, exact=True)[0] is None:
-                return graph, []
+            if not changed:
+                return graph, [], None
+            say("prove the optimized graph")
+            reason, path, _ = judge.judge(graph, exact=True)
+            if reason is None:
+                return graph, [], path
             log.info("the optimized graph is refused: proving its passes one by one")
         graph = restore()
-    return run_chain(graph, passes, ctx, judge, restore)
+    return run_chain(graph, passes, ctx, judge, restore, say)
 
 
 def _loader(path: Path) -> Callable[[], gs.Graph]:
