@@ -281,6 +281,21 @@ def test_the_onnxruntime_build_settings_reach_tritons_onnxruntime_backend(ort_co
     assert config.parameters["intra_op_thread_count"].string_value == "2"
 
 
+def test_gpu_providers_serve_on_gpus_with_tensorrt_as_triton_names_it(ort_compile, tmp_path):
+    def providers(report):
+        report["recipe"]["build"]["onnxruntime"]["providers"] = ["tensorrt", "cuda", "cpu"]
+
+    out = with_report(shutil.copytree(ort_compile, tmp_path / "out"), providers)
+    config = parse(write_model_repository(out, tmp_path / "repo").config_path)
+    assert config.instance_group[0].kind == pb2().ModelInstanceGroup.KIND_GPU
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert accelerator.name == "tensorrt"
+    assert dict(accelerator.parameters) == {"precision_mode": "FP32"}
+    cpu_only = parse(write_model_repository(ort_compile, tmp_path / "cpu").config_path)
+    assert cpu_only.instance_group[0].kind == pb2().ModelInstanceGroup.KIND_CPU
+    assert not cpu_only.optimization.execution_accelerators.gpu_execution_accelerator
+
+
 def test_a_datacenter_engine_config_names_the_tensorrt_that_serves_it(rtx_compile, tmp_path):
     # Datacenter TensorRT cannot be installed here: the RTX compile's report stands in for one.
     def datacenter(report):

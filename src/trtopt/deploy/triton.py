@@ -167,6 +167,8 @@ class TritonConfig:
     max_queue_delay_microseconds: int
     graph_level: int | None
     """ONNX Runtime's graph optimization level in Triton's numbering (None: not ONNX Runtime)."""
+    gpu_accelerators: tuple[str, ...]
+    """Execution accelerators Triton's ONNX Runtime backend puts before CUDA (``tensorrt``)."""
     parameters: tuple[tuple[str, str], ...]
     source: str
     """What the config was written from, for its header."""
@@ -197,8 +199,20 @@ class TritonConfig:
         if self.gpus:
             lines.append(f"    gpus: {_list_text(self.gpus)}")
         lines += ["  }", "]", f"default_model_filename: {_quote(self.default_model_filename)}"]
-        if self.graph_level is not None:
-            lines.append(f"optimization {{ graph {{ level: {self.graph_level} }} }}")
+        if self.graph_level is not None or self.gpu_accelerators:
+            lines.append("optimization {")
+            if self.graph_level is not None:
+                lines.append(f"  graph {{ level: {self.graph_level} }}")
+            if self.gpu_accelerators:
+                # Precision is in the graph: the accelerator builds what it reads, in FP32.
+                fp32 = 'parameters { key: "precision_mode" value: "FP32" }'
+                accelerators = ", ".join(
+                    f"{{ name: {_quote(name)} {fp32} }}" for name in self.gpu_accelerators
+                )
+                lines.append(
+                    f"  execution_accelerators {{ gpu_execution_accelerator: [{accelerators}] }}"
+                )
+            lines.append("}")
         lines += [
             f"parameters {{ key: {_quote(k)} value {{ string_value: {_quote(v)} }} }}"
             for k, v in self.parameters
@@ -353,7 +367,9 @@ def _derive(
     preferred = _preferred(options, max_batch, opt_batches, place)
     batched = max_batch > 0
     where = str(graph_path)
-    kind = options.instances.kind or ("gpu" if options.instances.gpus else runtime.kind)
+    providers = [] if engine else recipe["build"]["onnxruntime"].get("providers") or []
+    on_gpu = options.instances.gpus or {"cuda", "tensorrt"} & set(providers)
+    kind = options.instances.kind or ("gpu" if on_gpu else runtime.kind)
     if runtime is PLAN and kind == "cpu":
         raise RecipeError(
             "a TensorRT engine runs only on a GPU; `serve: onnx` serves the final ONNX graph "
@@ -361,6 +377,9 @@ def _derive(
             place("instances", "kind"),
         )
     graph_level, parameters = _onnxruntime_settings(recipe) if not engine else (None, ())
+    # The build's TensorRT provider, as Triton's ONNX Runtime backend names it; its CUDA
+    # provider is what KIND_GPU instances run on.
+    accelerators = ("tensorrt",) if "tensorrt" in providers and kind == "gpu" else ()
     notes += _engine_notes(build, recipe) if engine else []
     config = TritonConfig(
         name=options.name or recipe["name"],
@@ -370,6 +389,7 @@ def _derive(
         inputs=tuple(_triton_tensor(t, "input", batched, runtime, where) for t in inputs),
         outputs=tuple(_triton_tensor(t, "output", batched, runtime, where) for t in outputs),
         instance_kind=f"KIND_{kind.upper()}",
+        gpu_accelerators=accelerators,
         instance_count=options.instances.count,
         gpus=tuple(options.instances.gpus),
         version_policy=tuple(options.version_policy)
