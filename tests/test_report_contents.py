@@ -107,3 +107,17 @@ def test_coverage_names_the_type_it_counts():
     assert coverage_type(fp8) == "FP8" and "2 of 3 quantizable layers in FP8" in describe_coverage(
         fp8
     )
+
+
+def test_latency_says_where_it_was_measured():
+    from trtopt.formatting import latency_where
+
+    def report(backend, providers=None, not_run=None):
+        build = {"backend": backend, **({"providers": providers} if providers else {})}
+        return {"build": build, "accuracy": {"artifact_not_run": not_run}}
+
+    assert latency_where(report("onnxruntime")) == "ONNX Runtime CPU"
+    cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert latency_where(report("onnxruntime", cuda)) == "ONNX Runtime CUDA, CPU"
+    assert latency_where(report("tensorrt-rtx")) == "tensorrt-rtx"
+    assert latency_where(report("tensorrt-rtx", not_run="no GPU")) == "ONNX Runtime CPU"

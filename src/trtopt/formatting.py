@@ -54,3 +54,15 @@ def describe_coverage(coverage: dict[str, Any]) -> str:
 def coverage_type(coverage: dict[str, Any]) -> str:
     """The type a coverage counts, as a heading says it (INT8, FP8)."""
     return str(coverage.get("dtype") or "int8").upper()
+
+
+def latency_where(report: dict[str, Any]) -> str:
+    """Where the latency was measured: ONNX Runtime's providers the artifact ran on (CPU
+    unless a recipe named GPU providers), or the engine's own runtime."""
+    build = report["build"]
+    if build["backend"] != "onnxruntime" and not report["accuracy"].get("artifact_not_run"):
+        return build["backend"]
+    providers = build.get("providers") or ["CPUExecutionProvider"]
+    if providers == ["CPUExecutionProvider"]:
+        return "ONNX Runtime CPU"
+    return "ONNX Runtime " + ", ".join(p.removesuffix("ExecutionProvider") for p in providers)

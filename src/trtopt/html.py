@@ -25,6 +25,7 @@ from .formatting import (
     format_limit,
     format_metric,
     format_value,
+    latency_where,
 )
 
 SCATTER_POINTS = 4000
@@ -349,7 +350,7 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     if latency:
         parts.append("<h2>Latency</h2>")
         parts.append(
-            '<p class="note">ONNX Runtime CPU unless the artifact ran itself; '
+            f'<p class="note">On {escape(latency_where(report))}; '
             "reference and artifact measured in alternating rounds.</p>"
         )
         if plots:

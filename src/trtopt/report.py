@@ -11,7 +11,13 @@ from ._version import versions
 from .accuracy import AccuracyResult
 from .errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
 from .feeds import Feed
-from .formatting import coverage_type, describe_coverage, format_limit, format_metric
+from .formatting import (
+    coverage_type,
+    describe_coverage,
+    format_limit,
+    format_metric,
+    latency_where,
+)
 from .gate import CheckResult, ShapeCheck
 from .session import checked as checked_what
 from .stages import PassRecord, kept_in_higher_precision, quantized_coverage
@@ -180,7 +186,7 @@ def markdown(report: dict[str, Any]) -> str:
     if latency:
         lines += [
             "",
-            f"## Latency (ONNX Runtime CPU, {latency['runs']} runs)",
+            f"## Latency ({latency_where(report)}, {latency['runs']} runs)",
             "",
             "| model | median ms | p90 ms | p99 ms | throughput /s |",
             "|---|---:|---:|---:|---:|",
@@ -260,7 +266,7 @@ def summary(report: dict[str, Any]) -> str:
     if latency:
         lines.append(
             f"  latency  {latency['reference']['median_ms']:.3f} ms -> "
-            f"{latency['artifact']['median_ms']:.3f} ms (median, ONNX Runtime CPU)"
+            f"{latency['artifact']['median_ms']:.3f} ms (median, {latency_where(report)})"
         )
     lines.append(f"  output   {report['output_dir']}")
     return "\n".join(lines)
