@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import trtopt
-from helpers import MODELS
+from helpers import MODELS, QUICKSTART
 from trtopt import html
 
 FAST = ["check.samples=1", "check.latency_runs=0", "check.verify_passes=false"]
@@ -55,3 +55,26 @@ def test_a_declared_shape_is_in_the_pass_keys(write_recipe, recipe_for, tmp_path
     recipe["inputs"]["pixel_values"]["shape"] = [2, 3, 32, 32]  # written into the graph
     again = trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
     assert again.report["cache"]["passes_from_cache"] == 0
+
+
+def test_where_calibration_runs_joins_the_data_and_compile_keys(tmp_path):
+    from pathlib import Path
+
+    from trtopt.cache import StageCache, digest
+    from trtopt.compile_cache import cache_keys, compile_settings
+    from trtopt.inputs import apply_input_overrides, check_feeds, pass_data
+    from trtopt.model import load_model
+    from trtopt.recipe import load_recipe
+
+    def keys(recipe):
+        source = load_model(recipe.model, external_data=False)
+        apply_input_overrides(source, recipe)
+        data, _ = check_feeds(recipe, source)
+        calibration, validation = pass_data(recipe, source, data)
+        store = StageCache(tmp_path / "cache")
+        chain = cache_keys(store, recipe, Path(recipe.model), source, data, calibration, validation)
+        return chain.data(), digest(compile_settings(recipe, data))
+
+    plain = keys(load_recipe(QUICKSTART))
+    gpu = keys(load_recipe(QUICKSTART, ["calibration={providers: [cuda, cpu], fallback: true}"]))
+    assert plain[0] != gpu[0] and plain[1] != gpu[1]

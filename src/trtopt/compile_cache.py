@@ -41,16 +41,22 @@ def cache_keys(
 ) -> CacheKeys:
     """The cache keys' starting point: the model's files and its inputs as declared in the
     graph the passes get (the recipe's shapes written in); the data's hash (calibration,
-    validation and check data, which the recipe's ranges shape) joins only the keys of passes
-    that read it. Optimization profiles reach only the build and the check: they are in the
-    compile key (compile_settings), not in any pass's."""
+    validation and check data, which the recipe's ranges shape) and where ONNX Runtime runs
+    it (the recipe's `calibration` providers) join only the keys of passes that read it.
+    Optimization profiles reach only the build and the check: they are in the compile key
+    (compile_settings), not in any pass's."""
     declared = [
         [value.name, hashlib.sha256(value.type.SerializeToString(deterministic=True)).hexdigest()]
         for value in source.graph.input
     ]
 
     def data_digest() -> str:
-        return digest(calibration.fingerprint(), feeds_digest(validation), feeds_digest(data))
+        return digest(
+            calibration.fingerprint(),
+            feeds_digest(validation),
+            feeds_digest(data),
+            recipe.calibration.model_dump(mode="json"),
+        )
 
     return CacheKeys(store, source_digest(model_files(model_path), declared), data_digest)
 
@@ -62,6 +68,7 @@ def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
         "inputs": dumped["inputs"],  # profiles decide the engine and the shapes checked
         "build": dumped["build"],
         "check": dumped["check"],
+        "calibration": dumped["calibration"],  # where the reference runs
         "check_data": feeds_digest(data),
         # The golden file and baseline report are inputs of the check, like its data.
         "check_files": [
