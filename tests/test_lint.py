@@ -209,3 +209,27 @@ def test_lint_pass_leaves_the_graph_alone_and_is_listed():
     assert "lint" in trtopt.available_passes()
     optimized = trtopt.optimize(proto, passes=[{"lint": {"target": "tensorrt-11"}}])
     assert [n.op_type for n in optimized.graph.node] == [n.op_type for n in proto.graph.node]
+
+
+def test_the_gpus_a_recipe_builds_for_reach_the_lint_rules(tmp_path, capsys, write_recipe):
+    from test_quantize_fp8 import fp8_bert
+
+    model = tmp_path / "fp8.onnx"
+    onnx.save(fp8_bert(tmp_path), str(model))
+    # The command line names them.
+    args = ["lint", str(model), "--target", "tensorrt-rtx", "--no-parse", "--strict"]
+    assert main([*args, "--compute-capability", "8.6"]) == EXIT_USER
+    assert "fp8-compute-capability" in capsys.readouterr().out
+    assert main([*args, "--compute-capability", "8.9"]) == 0
+    # A recipe's lint pass checks the GPUs its build names, unless it names its own.
+    recipe = {
+        "name": "fp8-lint",
+        "model": str(model),
+        "inputs": {},
+        "passes": [{"lint": {"target": "tensorrt-rtx", "parse": False}}],
+        "build": {"backend": "tensorrt-rtx", "tensorrt_rtx": {"compute_capabilities": ["8.6"]}},
+        "check": {"samples": 1, "latency_runs": 0},
+        "output": str(tmp_path / "out"),
+    }
+    with pytest.raises(LintError, match=r"8\.6"):
+        trtopt.compile(write_recipe(recipe), use_cache=False)

@@ -305,7 +305,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    report = trtopt.lint_model(args.model, args.target, parse=not args.no_parse)
+    report = trtopt.lint_model(
+        args.model,
+        args.target,
+        parse=not args.no_parse,
+        compute_capabilities=args.compute_capability,
+    )
     print(jsontext.dumps(report.to_json(), indent=2) if args.json else report.format())
     if args.strict and report.errors:
         raise trtopt.LintError(report.summary(), args.model)
@@ -437,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print the findings as JSON")
     sub.add_argument(
         "--no-parse", action="store_true", help="skip the real TensorRT for RTX parser"
+    )
+    sub.add_argument(
+        "--compute-capability",
+        action="append",
+        metavar="X.Y",
+        help="a GPU the engine is for, e.g. 8.9 (repeatable): FP8 below 8.9 is an error",
     )
 
     sub = verb("cache", cmd_cache, "Show or prune the stage cache.")

@@ -53,7 +53,7 @@ from .model import (
     op_histogram,
 )
 from .passes import Pass
-from .recipe import Recipe, load_recipe
+from .recipe import PassSpec, Recipe, load_recipe
 from .session import Reference, artifact_runner, checked, quiet_polygraphy
 from .stages import Outputs, PassRecord, StageJudge, instantiate, run_passes
 from .staging import check_output, refuse_inputs
@@ -298,7 +298,7 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
         golden,
         backend,
         backend.unavailable(),
-        instantiate(recipe.passes),
+        instantiate(_with_build_defaults(recipe)),
         calibration,
         validation,
     )
@@ -309,6 +309,20 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
         if not job.unavailable and recipe.build.backend != "tensorrt":
             job.compile_key = job.keys.probe(job.passes, compile_settings(recipe, data))
     return job
+
+
+def _with_build_defaults(recipe: Recipe) -> list[PassSpec]:
+    """The recipe's passes, with what the build says filled in where a pass's options are
+    silent (a pass knows no backend): `lint` checks the GPUs build.tensorrt_rtx names."""
+    capabilities = recipe.build.tensorrt_rtx.compute_capabilities
+    if recipe.build.backend != "tensorrt-rtx" or not capabilities:
+        return list(recipe.passes)
+    return [
+        spec.model_copy(update={"options": {**spec.options, "compute_capabilities": capabilities}})
+        if spec.name == "lint" and "compute_capabilities" not in spec.options
+        else spec
+        for spec in recipe.passes
+    ]
 
 
 def _build(
