@@ -34,8 +34,9 @@ from .golden import Golden, GoldenError, golden_bytes, load_golden, write_golden
 from .inputs import apply_input_overrides, check_feeds, check_model_names
 from .metrics import DEFAULT_QUANTILE
 from .model import load_model, model_sha256
+from .quiet import quiet_polygraphy
 from .recipe import DEFAULT_THRESHOLDS, Recipe, Thresholds, load_recipe
-from .session import ARTIFACT_CHECKED, Reference, artifact_runner, checked, quiet_polygraphy
+from .session import ARTIFACT_CHECKED, Reference, artifact_runner, checked
 
 CHECK_SCHEMA_VERSION = 1
 

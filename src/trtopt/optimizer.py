@@ -17,7 +17,7 @@ from ._version import __version__
 from .calibration import DataSet, DataSource
 from .model import load_model
 from .passes import DEFAULT_PASSES, PassContext, load_plugin
-from .session import quiet_polygraphy
+from .quiet import quiet_polygraphy
 from .stages import (
     PassItem,
     Rollback,

@@ -53,8 +53,9 @@ from .model import (
     op_histogram,
 )
 from .passes import Pass
+from .quiet import quiet_polygraphy
 from .recipe import PassSpec, Recipe, load_recipe
-from .session import Reference, artifact_runner, checked, quiet_polygraphy
+from .session import Reference, artifact_runner, checked
 from .stages import Outputs, PassRecord, StageJudge, instantiate, run_passes
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output

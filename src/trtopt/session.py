@@ -1,17 +1,15 @@
-"""ONNX Runtime and Polygraphy plumbing: quiet logging, the reference run, and the runner that
+"""ONNX Runtime and Polygraphy plumbing: the reference run, and the runner that
 checks an artifact (the ONNX graph it was built from, where the artifact cannot run here)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import onnx
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
-from polygraphy.logger import G_LOGGER
 
 from . import accuracy
 from .backends import Backend, BuildResult
@@ -23,18 +21,6 @@ from .feeds import Feed
 ARTIFACT_CHECKED = "artifact"
 GRAPH_CHECKED = "final ONNX graph on ONNX Runtime"
 """What a check ran: the artifact itself, or the graph it was built from."""
-
-
-@contextmanager
-def quiet_polygraphy() -> Iterator[None]:
-    """Polygraphy logs every step (and every failed comparison) itself; trtopt reports for
-    itself, so only Polygraphy's critical errors, which it raises anyway, get through."""
-    colors, G_LOGGER.colors = G_LOGGER.colors, False
-    try:
-        with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
-            yield
-    finally:
-        G_LOGGER.colors = colors
 
 
 class Reference:

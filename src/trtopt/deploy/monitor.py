@@ -53,8 +53,9 @@ from ..inputs import apply_input_overrides
 from ..junit import junit_xml
 from ..metrics import HIGHER_IS_BETTER, METRICS, THRESHOLD_FIELDS
 from ..model import load_model, model_sha256
+from ..quiet import quiet_polygraphy
 from ..recipe import Recipe, load_recipe
-from ..session import Reference, quiet_polygraphy
+from ..session import Reference
 
 MONITOR_SCHEMA_VERSION = 1
 QUANTILES = {"p50": 0.5, "p99": 0.99}
