@@ -40,9 +40,25 @@ def test_ctrl_c_while_starting_is_exit_130_without_a_traceback(program, delay):
     if finished:  # done before the signal: nothing to test on this machine at this delay
         assert proc.returncode == 0, err.decode()
         return
+    if _before_trtopt(proc.returncode, err):
+        return  # Python itself was still starting: its window, before any trtopt code runs
     assert proc.returncode == 130, (proc.returncode, err.decode())
     assert b"Traceback" not in err, err.decode()
     assert err.decode().strip() in ("", "interrupted"), err.decode()
+
+
+def _before_trtopt(returncode: int, err: bytes) -> bool:
+    """Whether SIGINT landed before trtopt's guard was installed (a loaded machine takes that
+    long to get there): the process killed by the signal with nothing said (Python's own
+    handler not installed yet), or a KeyboardInterrupt raised in Python's import machinery
+    while it looked for the package or imported what the guard itself needs (`signal`)."""
+    killed = returncode == -signal.SIGINT and not err.strip()
+    frames = [line for line in err.decode().splitlines() if line.strip().startswith('File "')]
+    ours = [frame for frame in frames if "/trtopt/" in frame]
+    # After the guard, Ctrl-C is exit 130 with no traceback: a traceback whose trtopt frames
+    # are the package's first import and the guard's own imports came before it.
+    guarding = all("/trtopt/__init__.py" in f or "/trtopt/interrupt.py" in f for f in ours)
+    return killed or (b"KeyboardInterrupt" in err and guarding)
 
 
 def test_importing_trtopt_leaves_ctrl_c_alone():

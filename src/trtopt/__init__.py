@@ -7,11 +7,12 @@ ONNX Runtime, Polygraphy) loads until a verb needs it.
 
 from __future__ import annotations
 
+# First: when trtopt runs as a program, Ctrl-C while the rest loads is exit 130, quietly.
+from . import interrupt as _interrupt  # isort: skip
+
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# First: when trtopt runs as a program, Ctrl-C while the rest loads is exit 130, quietly.
-from . import interrupt as _interrupt  # isort: skip
 from ._version import __version__
 
 _EXPORTS = {

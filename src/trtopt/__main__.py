@@ -1,5 +1,5 @@
-from .cli import main
+from .cli import program
 
 # Guarded: a spawned worker process (compile --jobs) imports this module again.
 if __name__ == "__main__":
-    raise SystemExit(main())
+    program()

@@ -594,6 +594,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _internal(args, error)
 
 
+def program() -> None:
+    """The trtopt program (the console script, ``python -m trtopt``): :func:`main`, then exit
+    with its code. After Ctrl-C it exits at once with 130: CPython ends a process that a
+    KeyboardInterrupt passed through an ``eval`` of a string (pydantic evaluates annotations
+    so) by killing it with SIGINT at exit (-2), even when the interrupt was caught."""
+    code = main()
+    if code == interrupt.EXIT_INTERRUPTED:
+        if (logging := sys.modules.get("logging")) is not None:  # flushed only if it was used
+            logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def _internal(args: argparse.Namespace, error: Exception) -> int:
     """A bug or an unexpected library failure: exit 3 (called while handling ``error``)."""
     if args.debug:
@@ -605,4 +620,4 @@ def _internal(args: argparse.Namespace, error: Exception) -> int:
     return EXIT_INTERNAL
 
 
-__all__ = ["EXIT_USER", "build_parser", "main"]
+__all__ = ["EXIT_USER", "build_parser", "main", "program"]
