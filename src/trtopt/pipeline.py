@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-import onnx_graphsurgeon as gs
 from polygraphy.backend.base import BaseRunner
 
 from . import accuracy, feeds, gate, graph_io, latency, report
@@ -232,8 +231,11 @@ def _compile(
                 recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
                 judge, verify, say,
             )  # fmt: skip
-            built = _build(recipe, job, graph, staging, say)
-            del graph  # the passes' arrays (e.g. FP16 weights) are on disk now
+            final = staging / ONNX_ARTIFACT
+            graph_files = graph_io.save_graph(graph, final, job.source, __version__)
+            del graph  # the passes' arrays (e.g. FP16 weights) are on disk now: let them go
+            _return_freed_memory()  # before ONNX Runtime's sessions take the memory
+            built = _build(recipe, job, graph_files, staging, say)
             checked = _check(recipe, job, built, reference, ctx, out, model_path, say)
         the_report = report.compile_report(
             recipe=recipe.model_dump(mode="json"),
@@ -327,12 +329,10 @@ def _with_build_defaults(recipe: Recipe) -> list[PassSpec]:
 
 
 def _build(
-    recipe: Recipe, job: _Job, graph: gs.Graph, staging: Path, say: Callable[[str], None]
+    recipe: Recipe, job: _Job, graph_files: list[Path], staging: Path, say: Callable[[str], None]
 ) -> _Built:
-    """Save the final graph (checked by the ONNX checker) and build the artifact from it;
-    where the backend is unavailable, the graph stands in for it and the report says so."""
-    graph_files = graph_io.save_graph(graph, staging / ONNX_ARTIFACT, job.source, __version__)
-    _return_freed_memory()
+    """Check the saved final graph (the ONNX checker) and build the artifact from it; where
+    the backend is unavailable, the graph stands in for it and the report says so."""
     try:  # the path form checks external data and models over 2 GiB
         onnx.checker.check_model(str(staging / ONNX_ARTIFACT))
     except onnx.checker.ValidationError as error:
