@@ -13,12 +13,20 @@ time and peak RSS are its own. Measured per model:
   validation feeds, reported on the 16 held-out ones): layers kept in float, search time
   (``--auto-only`` skips the plain quantizations, quantize_static included).
 
+With ``--batching``: calibration invariance to batching instead. The same samples are
+calibrated as one feed and as one feed per sample (each in its own process), for every
+calibrator: the spread of the ratio of their ranges (1.000 when calibration does not depend on
+batching), calibration time and peak RSS of each. A model may also be named by its .onnx path
+(one image input, e.g. PaddleOCR's detector from rapidocr-onnxruntime with ``--image-size
+640``).
+
 Models come from ``benchmarks/export_models.py`` (``benchmarks/models/*_legacy.onnx``:
 ResNet-50, MobileNetV2, BERT-base, ViT-B from transformers configs with trained-like
 normalization statistics). Run from the repository root:
 
     python benchmarks/quantize.py                      # every model
     python benchmarks/quantize.py bert-base --samples 256 --calibrator entropy
+    python benchmarks/quantize.py --batching --samples 16 --image-size 640 det.onnx
 """
 
 from __future__ import annotations
@@ -44,17 +52,20 @@ MODELS = {
 IMAGE, SEQUENCE, VOCAB = 224, 32, 30522
 
 
-def calibration_feeds(vision: bool, samples: int, seed: int) -> list[dict[str, np.ndarray]]:
+def calibration_feeds(
+    vision: bool, samples: int, seed: int, size: int = IMAGE, name: str = "pixel_values"
+) -> list[dict[str, np.ndarray]]:
     """One-sample feeds: smooth random images (closer to photographs than pixel noise,
-    normalized like ImageNet inputs) or token sequences with padded tails."""
+    normalized like ImageNet inputs; ``size`` square, input ``name``) or token sequences with
+    padded tails."""
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(samples):
         if vision:
-            low = rng.standard_normal((1, 3, IMAGE // 16, IMAGE // 16)).astype(np.float32)
+            low = rng.standard_normal((1, 3, size // 16, size // 16)).astype(np.float32)
             image = low.repeat(16, axis=2).repeat(16, axis=3)
             image += 0.3 * rng.standard_normal(image.shape).astype(np.float32)
-            feeds.append({"pixel_values": image.astype(np.float32)})
+            feeds.append({name: image.astype(np.float32)})
         else:
             ids = rng.integers(1000, VOCAB, (1, SEQUENCE), dtype=np.int64)
             mask = np.ones((1, SEQUENCE), dtype=np.int64)
@@ -147,6 +158,73 @@ def child_ort(model: str, out: str, vision: bool, samples: int, calibrator: str)
     return {"seconds": time.perf_counter() - start, "rss_mib": _peak_rss_mib()}
 
 
+def activations(model) -> list[str]:
+    """The data inputs of the compute ops (Conv, ConvTranspose, MatMul, Gemm): the
+    activations INT8 quantization calibrates."""
+    constant = {t.name for t in model.graph.initializer}
+    constant |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    return sorted(
+        {
+            n.input[0]
+            for n in model.graph.node
+            if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm")
+            and n.input[0] not in constant
+        }
+    )
+
+
+def child_calibrate(model: str, data: str) -> dict:
+    """Ranges of ``activations`` on the .npz feeds ``data`` by every calibrator, with the
+    time of each and the process's peak RSS."""
+    import onnx
+
+    from trtopt import feeds as feeds_mod
+    from trtopt.calibration import CALIBRATORS, DataSet, DataSource, calibrate, split
+
+    source = onnx.load(model)
+    names = activations(source)
+    dataset = DataSet(DataSource(npz=data), feeds_mod.model_inputs(source))
+    light, weights = split(source)
+    del source
+    result = {}
+    for calibrator in CALIBRATORS:
+        start = time.perf_counter()
+        ranges = calibrate(light, dataset, names, calibrator, use_cache=False, weights=weights)
+        result[calibrator] = {"seconds": time.perf_counter() - start, "ranges": ranges.ranges}
+    return {"rss_mib": _peak_rss_mib(), "calibrators": result}
+
+
+def batching(name: str, model: str, vision: bool, samples: int, size: int, tmp: str) -> dict:
+    """The same samples calibrated as one feed and as one feed per sample."""
+    import onnx
+
+    first = onnx.load(model, load_external_data=False).graph.input[0].name
+    feeds = calibration_feeds(vision, samples, seed=1, size=size, name=first)
+    folders = {"one_feed": Path(tmp) / f"{name}.one", "per_sample": Path(tmp) / f"{name}.each"}
+    for folder in folders.values():
+        folder.mkdir()
+    stacked = {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+    np.savez(folders["one_feed"] / "all.npz", **stacked)
+    for index, feed in enumerate(feeds):
+        np.savez(folders["per_sample"] / f"{index:05d}.npz", **feed)
+    runs = {k: run_child("calibrate", model, str(v / "*.npz")) for k, v in folders.items()}
+    row: dict = {"model": name, "samples": samples}
+    for layout, run in runs.items():
+        row[f"{layout}_rss_mib"] = run["rss_mib"]
+    for calibrator, one in runs["one_feed"]["calibrators"].items():
+        each = runs["per_sample"]["calibrators"][calibrator]
+        ratios = [
+            one["ranges"][k] / each["ranges"][k] for k in one["ranges"] if each["ranges"][k] > 0
+        ]
+        row[calibrator] = {
+            "ratio_min": min(ratios, default=1.0),
+            "ratio_max": max(ratios, default=1.0),
+            "one_feed_s": one["seconds"],
+            "per_sample_s": each["seconds"],
+        }
+    return row
+
+
 def run_child(kind: str, *args: str) -> dict:
     command = [sys.executable, __file__, "--child", kind, *args]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -211,10 +289,24 @@ def main() -> int:
         "--auto-only", action="store_true", help="with --auto-min: only the automatic search"
     )
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--batching", action="store_true", help="calibration: one feed vs one feed per sample"
+    )
+    parser.add_argument("--image-size", type=int, default=IMAGE, help="with --batching")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtopt-bench-") as tmp:
-        for name in args.models:
+        for name in args.models if args.batching else ():
+            file, vision = MODELS.get(name, (name, True))
+            model = str(ROOT / "models" / file) if name in MODELS else name
+            label = name if name in MODELS else Path(name).stem
+            if not Path(model).is_file():
+                print(f"{name}: {model} missing; run benchmarks/export_models.py", flush=True)
+                continue
+            row = batching(label, model, vision, args.samples, args.image_size, tmp)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        for name in args.models if not args.batching else ():
             file, vision = MODELS[name]
             model = str(ROOT / "models" / file)
             if not Path(model).is_file():
@@ -265,6 +357,9 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        if sys.argv[2] == "calibrate":
+            print(json.dumps(child_calibrate(*sys.argv[3:5])))
+            sys.exit(0)
         kind, model, vision, samples, calibrator, out, *rest = sys.argv[2:]
         if kind == "trtopt":
             auto_min = float(rest[0]) if rest and rest[0] else None

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from .._version import __version__
 from .cache import cache_key, current_folder, load_ranges, save_ranges
 from .calibrators import ALGORITHM_VERSION, DEFAULT_BINS, AbsHistogram, compute_amax
-from .collect import DEFAULT_MEMORY_BUDGET, collect
+from .collect import COLLECT_VERSION, DEFAULT_MEMORY_BUDGET, collect
 from .sources import DataSet
 
 log = logging.getLogger("trtopt.calibration")
@@ -71,6 +71,7 @@ def calibrate(
     settings = {
         # Versions too: a cache must not outlive a change in the code that produced it.
         "algorithm": ALGORITHM_VERSION,
+        "collect": COLLECT_VERSION,
         "trtopt": __version__,
         "onnxruntime": ort.__version__,
         "calibrator": calibrator,

@@ -16,7 +16,8 @@ as exactly one of:
 
 A source yields feeds lazily (``DataSet.feeds()``), so calibration streams over data sets that
 do not fit in memory; every feed is validated against the model's inputs as it arrives and the
-first one before any work is done.
+first one before any work is done. Calibration runs them one sample at a time
+(``cut``): a feed's leading axis is its sample axis, as ``limit`` counts it.
 """
 
 from __future__ import annotations
@@ -167,6 +168,40 @@ class DataSet:
                 if info.shape and not isinstance(info.shape[0], int) and info.shape[0]:
                     dims[info.shape[0]] = 1
             yield from synthetic_feeds(self.inputs, count, seed, dims, self.ranges)
+
+
+def samples_in(feed: Feed, inputs: Sequence[InputInfo]) -> int | None:
+    """How many samples ``feed`` holds, when its leading axis can be cut into feeds the
+    model takes; None when it cannot: an input whose declared leading dim is fixed (a
+    recurrent state [2, batch, 128], a fixed batch), arrays that differ in their leading
+    size, or leading dims that name different symbols. 0-d arrays (a sample rate) are not
+    batched: every sub-batch takes them whole."""
+    declared = {info.name: info.shape for info in inputs}
+    sizes: set[int] = set()
+    symbols: set[str] = set()
+    for name, array in feed.items():
+        if not array.ndim:
+            continue
+        shape = declared.get(name)
+        if not shape or isinstance(shape[0], int):
+            return None
+        if shape[0] is not None:
+            symbols.add(shape[0])
+        sizes.add(int(array.shape[0]))
+    if len(sizes) != 1 or len(symbols) > 1:
+        return None
+    return sizes.pop()
+
+
+def cut(feed: Feed, inputs: Sequence[InputInfo], rows: int = 1) -> Iterator[Feed]:
+    """``feed`` in sub-batches of at most ``rows`` samples along its leading axis (views of
+    its arrays, not copies), or whole when that axis cannot be cut (``samples_in``)."""
+    count = samples_in(feed, inputs)
+    if count is None or count <= rows:
+        yield feed
+        return
+    for start in range(0, count, rows):
+        yield {name: a[start : start + rows] if a.ndim else a for name, a in feed.items()}
 
 
 def _rows(feed: Feed) -> int:
