@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 import pytest
 from onnx import TensorProto as T
 from onnx import helper
@@ -197,3 +198,118 @@ def test_auto_search_keeps_the_culprit(tmp_path):
     assert auto["reached"]
     kept = {k["node"] for k in auto["kept"]}
     assert kept and kept <= {"scale_more", "scale_down"}
+
+
+def _batchnorm_model(as_constant_node: bool, variance: float = 1e8) -> onnx.ModelProto:
+    """x -> Mul(1e4) -> BatchNormalization (variance ``variance``) -> y: values of ~1e4
+    normalized by sqrt(1e8) = 1e4, the statistics an initializer or a Constant node."""
+    stats = {
+        "scale": np.full(4, 1.5, np.float32),
+        "bias": np.full(4, 0.25, np.float32),
+        "mean": np.full(4, 100.0, np.float32),
+        "var": np.full(4, variance, np.float32),
+    }
+    nodes = [helper.make_node("Mul", ["x", "gain"], ["h"], name="gain")]
+    inits = [onnx.numpy_helper.from_array(np.array(1e4, np.float32), "gain")]
+    for name, values in stats.items():
+        tensor = onnx.numpy_helper.from_array(values, name)
+        if as_constant_node:
+            nodes.append(
+                helper.make_node("Constant", [], [name], name=f"{name}_node", value=tensor)
+            )
+        else:
+            inits.append(tensor)
+    nodes.append(
+        helper.make_node(
+            "BatchNormalization", ["h", "scale", "bias", "mean", "var"], ["y"], name="norm"
+        )
+    )
+    graph = helper.make_graph(
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", T.FLOAT, ["batch", 4, 2, 2])],
+        [helper.make_tensor_value_info("y", T.FLOAT, ["batch", 4, 2, 2])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("as_constant_node", [False, True], ids=["initializer", "constant-node"])
+def test_guard_sees_constants_without_data(tmp_path, as_constant_node):
+    """A BatchNormalization variance of 1e8 stays FP32 (converted it saturates to 65504, cast
+    from a Constant node it is inf): no calibration data needed."""
+    source = _batchnorm_model(as_constant_node)
+    ctx = PassContext(scratch_dir=tmp_path)
+    model = lower(source, ctx)
+    reasons = {k["node"]: k["reason"] for k in ctx.details["kept_fp32"]}
+    assert reasons["norm"] == "guard: constant 'var' reaches 1e+08 (FP16 max 65504)"
+    data = [{"x": np.random.default_rng(0).uniform(-1, 1, (2, 4, 2, 2)).astype(np.float32)}]
+    expected = ort_run(source, data)[0][0]
+    np.testing.assert_allclose(ort_run(model, data)[0][0], expected, rtol=1e-2, atol=1e-2)
+    # Without the guard FP16 gets it wrong: an initializer saturates to 65504; a Constant
+    # node's value is cast to FP16, inf, and the output is the bias alone (as ONNX Runtime
+    # computes it with its graph optimizations; without them its CPU happens to return the
+    # FP32 result).
+    unguarded = lower(source, PassContext(scratch_dir=tmp_path), guard={"enabled": False})
+    if as_constant_node:
+        cast = next(n for n in unguarded.graph.node if n.op_type == "Cast" and n.input[0] == "var")
+        assert cast.attribute[0].i == T.FLOAT16
+        session = ort.InferenceSession(
+            unguarded.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+        np.testing.assert_array_equal(session.run(None, data[0])[0], 0.25)
+    else:
+        var = next(t for t in unguarded.graph.initializer if t.name.startswith("var"))
+        assert onnx.numpy_helper.to_array(var).max() == 65504
+        assert not np.allclose(ort_run(unguarded, data)[0][0], expected, rtol=1e-2, atol=1e-2)
+
+
+def test_guard_lets_stand_ins_for_infinity_saturate_and_weighs_underflow_by_magnitude(tmp_path):
+    """An attention mask's -3.4e38 still masks as -65504 (the Where stays lowered); weights
+    whose decayed entries flush lose nothing that matters (lowered), an epsilon of 1e-12 loses
+    all it has (kept)."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 4)).astype(np.float32)
+    weight[0, :2] = 1e-9  # decayed entries: flushed to 0 in FP16
+    nodes = [
+        helper.make_node("Where", ["mask", "zero", "lowest"], ["m"], name="mask"),
+        helper.make_node("Add", ["x", "m"], ["a"], name="masked"),
+        helper.make_node("MatMul", ["a", "w"], ["b"], name="decayed"),
+        helper.make_node("Add", ["b", "eps"], ["y"], name="epsilon"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        onnx.numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
+        onnx.numpy_helper.from_array(weight, "w"),
+        onnx.numpy_helper.from_array(np.array(1e-12, np.float32), "eps"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [
+            helper.make_tensor_value_info("mask", T.BOOL, [2, 4]),
+            helper.make_tensor_value_info("x", T.FLOAT, [2, 4]),
+        ],
+        [helper.make_tensor_value_info("y", T.FLOAT, [2, 4])],
+        inits,
+    )
+    source = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    ctx = PassContext(scratch_dir=tmp_path)
+    lower(source, ctx)
+    reasons = {k["node"]: k["reason"] for k in ctx.details["kept_fp32"]}
+    assert set(reasons) == {"epsilon"}
+    assert "would flush 100% of its magnitude" in reasons["epsilon"]
+
+
+def test_bf16_keeps_ops_whose_onnx_schema_has_no_bf16(tmp_path):
+    """ONNX's Conv, pooling and HardSigmoid take BF16 only from opset 22: at 18 they stay FP32
+    (the graph is valid ONNX), the rest is lowered."""
+    source = onnx.load(str(CNN))
+    ctx = context(source, tmp_path)
+    model = lower(source, ctx, dtype="bf16")
+    reasons = {k["node"]: k["reason"] for k in ctx.details["kept_fp32"]}
+    convs = [n.name for n in source.graph.node if n.op_type == "Conv"]
+    assert convs and all("takes no bf16" in reasons[name] for name in convs)
+    assert "Conv-11 (opset 18)" in reasons[convs[0]]
+    assert ctx.details["lowered_nodes"] > 0
+    assert_clean_casts(model)

@@ -19,8 +19,9 @@ from trtopt import feeds
 from trtopt.calibration import DataSet, DataSource
 from trtopt.lint import lint_model
 from trtopt.passes import PassContext
+from trtopt.passes.graph_tools import require_opset
 from trtopt.passes.lint import Lint
-from trtopt.passes.quantize import FP8_MAX, INT8_MAX, Quantize, require_opset
+from trtopt.passes.quantize import FP8_MAX, INT8_MAX, Quantize
 
 FP8 = TensorProto.FLOAT8E4M3FN
 CNN, BERT = MODELS / "cnn_legacy.onnx", MODELS / "bert_dynamo.onnx"

@@ -19,19 +19,18 @@ merges neighbouring bins, which keeps the counts exact without a second pass ove
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
 Calibrator = Literal["minmax", "percentile", "entropy", "mse"]
-CALIBRATORS: tuple[str, ...] = ("minmax", "percentile", "entropy", "mse")
+"""The calibrators by name: the one list (options type their choice with it)."""
+CALIBRATORS: tuple[str, ...] = get_args(Calibrator)
 
 ALGORITHM_VERSION = 3
 """Bumped whenever a calibrator's result can change: part of the range cache key."""
 DEFAULT_BINS = 2048
 """Histogram resolution; TensorRT's entropy calibration uses 2048 bins."""
-INT8_LEVELS = 128
-"""Quantization levels of a symmetric INT8 range on one side (2**(8-1))."""
 KL_EPS = 1e-4
 """Q's value on a bin where P has mass and Q has none (TensorRT's and MXNet's smoothing)."""
 KL_TIE = 1e-12

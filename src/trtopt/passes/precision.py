@@ -5,9 +5,16 @@ is a graph rewrite. Every floating-point node is either *lowered* (its FP32 inpu
 outputs become FP16/BF16, its FP32 weights are converted) or *kept* in FP32; a Cast is
 inserted only where a tensor crosses from one kind of node to the other, one per tensor and
 target type, and Cast-of-Cast chains are folded, so no cascaded or no-op casts are emitted.
+A node is kept when the keep list names it, when ONNX's schema of it has no FP16/BF16 at the
+model's opset, or when the FP16 range guard finds a constant of it (weights, normalization
+statistics, Constant-node values; no data needed) or, on calibration data, an activation that
+FP16 cannot hold.
+
 Graphs that already hold Q/DQ are handled like any other: a lowered DequantizeLinear gets an
-FP16 scale (opset 19 allows it) and so outputs FP16, as TensorRT's strongly typed Q/DQ
-fusions require.
+FP16 scale (opset 19 allows it: the model is raised, by ONNX's version converter where ops
+changed meaning) and so outputs FP16, as TensorRT's strongly typed Q/DQ fusions require; a
+DequantizeLinear and the op it feeds are lowered together or kept together, so no Cast comes
+between them. The ``quantize`` pass's ``high_precision`` runs this pass after its own.
 """
 
 from __future__ import annotations
@@ -25,10 +32,12 @@ from ..calibration.collect import collect
 from ..errors import DataError, RecipeError
 from ..graph_io import peek
 from .base import Pass, PassContext, PassOptions, PassResult
-from .quantize import (
+from .fusion.opset import opset
+from .graph_tools import (
     matches,
     name_nodes,
     onnx_dtype,
+    raise_for,
     require_opset,
     shape_nodes,
     with_types,
@@ -41,8 +50,18 @@ FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 FP16_MAX = 65504.0
 FP16_TINY = 2.0**-24
 """Below half of this, a value rounds to zero in FP16 (the smallest subnormal is 2**-24)."""
+FP16_MIN_NORMAL = 2.0**-14
+"""The smallest normal FP16 number: below it FP16 keeps fewer than its 11 significant bits."""
+FP32_EXTREME = float(np.finfo(np.float32).max)
+"""A constant this large (or infinite) stands for infinity (an attention mask's -3.4e38):
+saturating it to +-65504 keeps its meaning, so the constant guard lets it through."""
 QDQ_FP16_OPSET = 19
 """QuantizeLinear/DequantizeLinear take FP16/BF16 scales from opset 19."""
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+SCHEMA_TYPES = {"fp16": "tensor(float16)", "bf16": "tensor(bfloat16)"}
+"""The lowered types as ONNX's operator schemas name them."""
+SCALE_INPUT = 1
+"""The scale's slot in QuantizeLinear and DequantizeLinear."""
 
 DEFAULT_KEEP: tuple[str, ...] = (
     # Normalizations: mean/variance reductions overflow or lose precision in FP16 (the
@@ -127,11 +146,14 @@ class Keep(PassOptions):
 
 class Guard(PassOptions):
     enabled: bool = True
-    """With calibration data: keep nodes whose activations leave FP16's range in FP32."""
+    """Keep in FP32 the nodes whose constants (weights, BatchNormalization statistics,
+    Constant-node values, Q/DQ scales) leave FP16's range, and with calibration data those
+    whose activations do."""
     overflow: Annotated[float, Field(gt=0)] = FP16_MAX
-    """Keep a node when any of its activations reaches this magnitude."""
+    """Keep a node when any of its constants or activations reaches this magnitude."""
     underflow: Annotated[float, Field(gt=0, le=1)] = 0.1
-    """Keep a node when more than this fraction of a non-zero activation would flush to 0."""
+    """Keep a node when more than this fraction of the non-zero values of one of its
+    activations, or of the magnitude of one of its constants, would flush to 0."""
 
 
 @register_pass("precision")
@@ -146,7 +168,8 @@ class Precision(Pass):
         io: Literal["keep", "convert"] = "keep"
         """keep: model inputs and outputs keep their FP32 type; convert: they become dtype."""
         guard: Guard = Guard()
-        """Data-driven FP16 range guard (BF16 has FP32's range and needs none)."""
+        """FP16 range guard on constants and, with calibration data, activations (BF16 has
+        FP32's range and needs none)."""
         auto: AutoOptions | None = None
         """Keep the most sensitive nodes in FP32, as few as possible, until this passes."""
 
@@ -155,9 +178,9 @@ class Precision(Pass):
         graph.toposort()
         name_nodes(graph)
         graph = with_types(graph)
+        graph, reasons = self._qdq_opset(graph, ctx)
         float_nodes = [n for n in graph.nodes if _is_float_node(n)]
         shapes = shape_nodes(graph)
-        reasons: dict[str, str] = {}
         for node in float_nodes:
             if node.name in shapes:
                 continue  # shape arithmetic is never lowered and not worth listing
@@ -167,14 +190,21 @@ class Precision(Pass):
                 reasons[node.name] = f"op type {node.op} in keep_fp32"
             elif matches(node, [], options.keep_fp32.nodes):
                 reasons[node.name] = "name matches keep_fp32.nodes"
+            elif why := untyped_for(node, options.dtype, opset(graph)):
+                reasons[node.name] = why
         reasons.update(_control_flow_fp32(graph, shapes))
         if options.dtype == "fp16" and options.guard.enabled:
+            candidates = [n for n in float_nodes if n.name not in shapes]
+            reasons.update(self._constant_guard(candidates, reasons))
             reasons.update(self._guard(graph, float_nodes, reasons, ctx))
         lowered = {
             n.name
             for n in float_nodes
             if n.name not in reasons and n.name not in shapes and n.op not in ATTRIBUTE_TYPED
         }
+        shared = fused_with_dequantize(graph, lowered)
+        reasons.update(shared)
+        lowered -= set(shared)
         kept_auto: list[dict] = []
         if options.auto is not None and lowered:
             feeds = (ctx.validation or ctx.feeds)[: options.auto.samples]
@@ -203,6 +233,9 @@ class Precision(Pass):
             for item in kept_auto:
                 reasons[item["node"]] = f"auto: effect {item['effect']:.3g} when lowered alone"
             lowered -= {k["node"] for k in kept_auto}
+            shared = fused_with_dequantize(graph, lowered)
+            reasons.update(shared)
+            lowered -= set(shared)
             ctx.details["auto"] = result.to_json(options.auto.metric, options.auto.limit)
             if result.out_of_time:
                 ctx.warnings.append(
@@ -226,7 +259,59 @@ class Precision(Pass):
         ctx.details["excluded_nodes"] = kept_auto
         return PassResult(graph, kept=kept)
 
-    # -- the data-driven guard ------------------------------------------------------------
+    # -- the opset of Q/DQ with FP16 scales -----------------------------------------------
+
+    def _qdq_opset(self, graph: gs.Graph, ctx: PassContext) -> tuple[gs.Graph, dict[str, str]]:
+        """The graph at opset 19 when it holds Q/DQ (a lowered QuantizeLinear or
+        DequantizeLinear takes an FP16/BF16 scale, which ONNX allows from opset 19), raised
+        by ``raise_for`` (declared, or ONNX's version converter for older models); when it
+        cannot be, the Q/DQ stay FP32, with the reason (and their fused consumers with them)."""
+        qdq = [n for n in graph.nodes if n.op in QDQ_OPS]
+        if not qdq or opset(graph) >= QDQ_FP16_OPSET:
+            return graph, {}
+        raised, how = raise_for(graph, QDQ_FP16_OPSET, "FP16/BF16 scales of Q/DQ")
+        if raised is None:
+            ctx.warnings.append(f"precision: Q/DQ stay FP32: {how}")
+            ctx.details["opset"] = {"needed": QDQ_FP16_OPSET, "unchanged": how}
+            return graph, {n.name: f"opset: {how}" for n in qdq}
+        ctx.details["opset"] = how
+        ctx.log.info("precision: opset %(from)s -> %(to)s (%(by)s)", how)
+        if raised is not graph:  # rewritten by the version converter: typed and named anew
+            graph = raised
+            graph.toposort()
+            name_nodes(graph)
+            graph = with_types(graph)
+        return graph, {}
+
+    # -- the range guard ------------------------------------------------------------------
+
+    def _constant_guard(self, nodes: list[gs.Node], already: dict[str, str]) -> dict[str, str]:
+        """Nodes a constant input of which FP16 cannot hold, with the reason; no data needed.
+
+        The activation guard sees what flows at run time; a weight, a BatchNormalization's
+        statistics (a variance of 9.8e7 in PaddleOCR's detector) or a Constant node's value
+        is converted (an initializer, saturated) or cast (a Constant node's output, to inf)
+        without ever flowing, so it is checked here: over ``guard.overflow`` (stand-ins for
+        infinity aside: FP32_EXTREME), or more than ``guard.underflow`` of its magnitude
+        flushed to 0. A Q/DQ scale must stay a normal FP16 number (>= 2**-14): a subnormal
+        one loses its significant bits, and one flushed to 0 is invalid."""
+        options: Any = self.options
+        guard = options.guard
+        found: dict[str, str] = {}
+        for node in nodes:
+            if node.name in already:
+                continue
+            fixed = FIXED_FP32_INPUTS.get(node.op, ())
+            for index, tensor in enumerate(node.inputs):
+                values = None if index in fixed else constant_values(tensor)
+                if values is None:
+                    continue
+                scale = node.op in QDQ_OPS and index == SCALE_INPUT
+                why = _fp16_misfit(values, guard.overflow, guard.underflow, scale)
+                if why:
+                    found[node.name] = f"guard: constant '{tensor.name}' {why}"
+                    break
+        return found
 
     def _guard(
         self,
@@ -236,7 +321,8 @@ class Precision(Pass):
         ctx: PassContext,
     ) -> dict[str, str]:
         """Nodes whose activations on the calibration data overflow FP16 or mostly flush to
-        zero, with the reason. Without calibration data: none (and a warning)."""
+        zero, with the reason. Without calibration data: none (and a warning). Constant
+        nodes' values are the constant guard's."""
         options: Any = self.options
         data = ctx.calibration
         if data is None:
@@ -251,7 +337,7 @@ class Precision(Pass):
             for n in float_nodes
             if n.name not in already
             for t in (*n.inputs, *n.outputs)
-            if isinstance(t, gs.Variable) and onnx_dtype(t) == F32
+            if isinstance(t, gs.Variable) and onnx_dtype(t) == F32 and not _from_constant_node(t)
         }
         stats: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in watched}
 
@@ -298,8 +384,11 @@ class Precision(Pass):
 
     def lower(self, graph: gs.Graph, lowered: set[str], emulate: bool = False) -> gs.Graph:
         """Lower the nodes named in ``lowered`` (in place); ``emulate`` instead rounds their
-        values to the target type inside an FP32 graph (for judging BF16 on a CPU)."""
+        values to the target type inside an FP32 graph (for judging BF16 on a CPU). A
+        DequantizeLinear and its consumers are lowered together or not at all
+        (``fused_with_dequantize``)."""
         options: Any = self.options
+        lowered = lowered - set(fused_with_dequantize(graph, lowered))
         target = onnx.TensorProto.FLOAT16 if options.dtype == "fp16" else onnx.TensorProto.BFLOAT16
         suffix = options.dtype
         if emulate:
@@ -389,6 +478,116 @@ class Precision(Pass):
         fold_casts(graph)
         graph.cleanup().toposort()
         return graph
+
+
+def fused_with_dequantize(graph: gs.Graph, lowered: set[str]) -> dict[str, str]:
+    """Nodes of ``lowered`` that must stay FP32 with a DequantizeLinear, and why.
+
+    TensorRT fuses a DequantizeLinear into the op that consumes it (DQ -> Conv is one INT8
+    kernel) only when nothing stands between them; a Cast would, and the op would run in float
+    on dequantized values. So a DequantizeLinear and its consumers run in one type: when one of
+    them stays FP32 (kept, guarded, or a scale FP16 cannot hold), all do. Cast, Shape and Size
+    read any type and take no part."""
+    groups = []
+    for node in graph.nodes:
+        if node.op == "DequantizeLinear":
+            consumers = [c for t in node.outputs for c in t.outputs if c.op not in TYPE_AGNOSTIC]
+            groups.append([node, *consumers])
+    found: dict[str, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for group in groups:
+            kept = [n for n in group if n.name not in lowered or n.name in found]
+            if not kept:
+                continue
+            cause = kept[0]
+            for node in group:
+                if node.name in lowered and node.name not in found:
+                    found[node.name] = (
+                        f"fused with '{cause.name}' ({cause.op}), which stays FP32: a "
+                        "DequantizeLinear and its consumers share one type"
+                    )
+                    changed = True
+    return found
+
+
+def constant_values(tensor: gs.Tensor) -> np.ndarray | None:
+    """The FP32 values of a constant input (an initializer, or a Constant node's output), or
+    None for anything computed at run time."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(peek(tensor)) if tensor.dtype == np.float32 else None
+    if not _from_constant_node(tensor):
+        return None
+    producer = tensor.inputs[0]
+    value = producer.attrs.get("value")
+    if isinstance(value, gs.Constant):
+        return np.asarray(value.values) if value.dtype == np.float32 else None
+    for name in ("value_float", "value_floats"):
+        if name in producer.attrs:
+            return np.asarray(producer.attrs[name], dtype=np.float32)
+    return None
+
+
+def untyped_for(node: gs.Node, dtype: str, version: int) -> str:
+    """Why ONNX's schema of ``node`` at opset ``version`` takes no ``dtype`` (fp16, bf16) where
+    the node now has FP32 ('' when it does, or for an op outside the standard domain): Conv,
+    pooling and HardSigmoid take BF16 only from opset 22, for instance."""
+    if node.domain not in (None, "", "ai.onnx"):
+        return ""
+    try:
+        schema = onnx.defs.get_schema(node.op, version, "")
+    except onnx.defs.SchemaError:
+        return ""
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    fixed = FIXED_FP32_INPUTS.get(node.op, ())
+    for formal, actual in ((schema.inputs, node.inputs), (schema.outputs, node.outputs)):
+        for index, tensor in enumerate(actual):
+            if (
+                not formal
+                or onnx_dtype(tensor) != F32
+                or (actual is node.inputs and index in fixed)
+            ):
+                continue
+            param = formal[min(index, len(formal) - 1)]  # the last one may be variadic
+            types = allowed.get(param.type_str)
+            if types is not None and SCHEMA_TYPES[dtype] not in types:
+                return (
+                    f"ONNX {node.op}-{schema.since_version} (opset {version}) takes no {dtype} "
+                    f"for '{param.name}'"
+                )
+    return ""
+
+
+def _from_constant_node(tensor: gs.Tensor) -> bool:
+    return len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant"
+
+
+def _fp16_misfit(values: np.ndarray, overflow: float, underflow: float, scale: bool) -> str:
+    """Why FP16 cannot hold these constant values ('' when it can)."""
+    magnitudes = np.abs(np.asarray(values, dtype=np.float32)).ravel()
+    if not magnitudes.size:
+        return ""
+    real = magnitudes[magnitudes < FP32_EXTREME]  # infinities' stand-ins saturate
+    amax = float(real.max(initial=0.0))
+    if amax >= overflow:
+        return f"reaches {amax:.4g} (FP16 max {FP16_MAX:g})"
+    nonzero = magnitudes[magnitudes != 0]
+    if scale:
+        smallest = float(nonzero.min(initial=np.inf))
+        if smallest < FP16_MIN_NORMAL:
+            return (
+                f"(a scale) holds {smallest:.3g}, below FP16's smallest normal "
+                f"{FP16_MIN_NORMAL:.3g}"
+            )
+        return ""
+    # By magnitude, not by count: a weight whose decayed entries (1e-9 beside 0.1) flush loses
+    # nothing that matters; an epsilon of 1e-12 loses all it has.
+    mass = float(nonzero.sum(dtype=np.float64))
+    flushed = float(nonzero[nonzero < FP16_TINY / 2].sum(dtype=np.float64))
+    if mass and flushed / mass > underflow:
+        return f"would flush {flushed / mass:.0%} of its magnitude to 0 in FP16"
+    return ""
 
 
 def fold_casts(graph: gs.Graph) -> None:

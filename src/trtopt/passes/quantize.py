@@ -10,13 +10,18 @@ Every placement rule below cites TensorRT's "Working with Quantized Types" guida
 INT8 and FP8 (E4M3) share the placement and the calibrated ranges; they differ in the
 quantized type (:class:`QuantizedType`: scale = amax / 127 or amax / 448) and in what FP8
 cannot run, which ``FP8_RULES`` names node by node (the reason lands in the pass's details).
+A model below the opset its Q/DQ need (13, FP8 19) is converted by ONNX's version converter.
+
+``high_precision: fp16 | bf16`` lowers the float ops around the Q/DQ with the ``precision``
+pass itself (its keep list and range guard; the Q/DQ take scales of that type). It defaults to
+fp32 here: a pass knows no backend, and choosing FP16 for TensorRT targets is the recipe's.
 """
 
 from __future__ import annotations
 
 import gc
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -27,12 +32,22 @@ import onnx_graphsurgeon as gs
 from pydantic import Field, field_validator
 
 from ..calibration import calibrate, split_graph, tensorrt_cache
+from ..calibration.calibrators import Calibrator
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET
 from ..errors import DataError, RecipeError
-from ..graph_io import ExternalValues, constants, export_model, import_graph, peek
+from ..graph_io import peek
 from .base import Pass, PassContext, PassOptions, PassResult
-from .fusion.opset import opset, raise_opset
-from .graph_shapes import computed_shapes
+from .fusion.opset import opset
+from .graph_tools import (
+    is_float,
+    matches,
+    name_nodes,
+    raise_for,
+    require_opset,
+    shape_nodes,
+    with_types,
+)
+from .precision import QDQ_FP16_OPSET, Precision
 from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search
 
@@ -89,157 +104,6 @@ recognizer and classifier (worst held-out cosine on rendered text): FP8 with min
 0.993 / 0.915 / 0.995, with entropy ranges 0.978 / 0.390 / 0.984. INT8 keeps entropy, TensorRT's
 own default (minmax was better for INT8 on these three too; choosing per model by the
 validation score is a calibrator of its own, not a default)."""
-
-# Inputs that carry shapes, indices or sizes rather than data: what feeds them only is a
-# shape subgraph and must never be quantized.
-SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
-    "Reshape": (1,),
-    "Expand": (1,),
-    "Tile": (1,),
-    "Slice": (1, 2, 3, 4),
-    "ConstantOfShape": (0,),
-    "Range": (0, 1, 2),
-    "Resize": (1, 2, 3),
-    "Upsample": (1,),
-    "Pad": (1, 3),
-    "Squeeze": (1,),
-    "Unsqueeze": (1,),
-    "TopK": (1,),
-    "OneHot": (1,),
-    "Split": (1,),
-    "ReduceMean": (1,),
-    "ReduceSum": (1,),
-    "ReduceMax": (1,),
-    "ReduceMin": (1,),
-    "Gather": (1,),
-    "GatherElements": (1,),
-    "GatherND": (1,),
-    "ScatterND": (1,),
-    "NonMaxSuppression": (2, 3, 4),
-}
-SHAPE_PRODUCERS = ("Shape", "Size")
-
-
-# -- graph helpers (shared with the precision pass) ----------------------------------------
-
-
-def onnx_dtype(tensor: gs.Tensor) -> int | None:
-    """A tensor's ONNX element type, or None when unknown."""
-    dtype = tensor.dtype
-    if dtype is None:
-        return None
-    if isinstance(dtype, int):
-        return dtype
-    try:
-        return int(onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-    except (TypeError, KeyError, ValueError):
-        return None
-
-
-def with_types(graph: gs.Graph) -> gs.Graph:
-    """The graph with every intermediate tensor's dtype and shape from shape inference.
-
-    Inference is best effort (unknown dtypes are handled conservatively) and sees the weights
-    as typed inputs, never their bytes, so a large model is not held twice."""
-    shapes, dtypes = computed_shapes(graph)
-    io = {id(t) for t in (*graph.inputs, *graph.outputs)}
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Variable) and id(tensor) not in io and tensor.name in dtypes:
-            tensor.dtype = dtypes[tensor.name]
-            tensor.shape = shapes.get(tensor.name)
-    return graph
-
-
-def name_nodes(graph: gs.Graph) -> None:
-    """Give every unnamed node a stable unique name (``<op>_<index>``), so that reports and
-    ``exclude.nodes`` can name it."""
-    taken = {node.name for node in graph.nodes if node.name}
-    for index, node in enumerate(graph.nodes):
-        if not node.name:
-            name = f"{node.op}_{index}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
-
-
-def require_opset(graph: gs.Graph, version: int) -> None:
-    """Raise the default-domain opset to at least ``version`` (graphsurgeon exports
-    ``import_domains`` when present, so both are updated). Each op used here keeps its
-    meaning across the versions crossed (later versions only add types or attributes).
-    The entries are replaced, never changed: graphsurgeon shares them with the ModelProto
-    the graph was imported from, which must not change under its owner."""
-    if graph.opset >= version:
-        return
-    graph.opset = version
-    if graph.import_domains is not None:
-        graph.import_domains = [
-            onnx.helper.make_opsetid(
-                entry.domain, version if entry.domain in ("", "ai.onnx") else entry.version
-            )
-            for entry in graph.import_domains
-        ]
-
-
-def raise_for(graph: gs.Graph, version: int) -> tuple[gs.Graph, dict] | tuple[None, str]:
-    """The graph at default-domain opset ``version`` (local functions' imports too), and how it
-    got there; or None and why it cannot.
-
-    First as the fusions do (``raise_opset``: the declared opset moves when no node changes
-    meaning on the way, ``graph`` itself is returned); else, for older models (opset < 13,
-    Paddle's exports) or ops whose meaning moved, ONNX's version converter rewrites the nodes
-    that changed into a new graph. The converter knows no local functions and needs the
-    weights in memory, so a model with either is left unchanged."""
-    current = opset(graph)
-    why = raise_opset(graph, version)
-    if why is None:
-        return graph, {"from": current, "to": version, "by": "opset import"}
-    cannot = f"Q/DQ of this type need opset {version} and {why}"
-    if graph.functions:
-        return None, f"{cannot}; onnx.version_converter cannot convert its local functions"
-    if any(isinstance(c._values, ExternalValues) for c in constants(graph)):
-        return None, (
-            f"{cannot}; its weights are on disk: convert it first "
-            f"(onnx.version_converter.convert_version(model, {version}))"
-        )
-    try:
-        converted = onnx.version_converter.convert_version(export_model(graph), version)
-    except Exception as error:  # onnx's C++ adapters raise assorted types
-        return None, f"{cannot}, and onnx.version_converter failed: {error}"
-    return import_graph(converted), {"from": current, "to": version, "by": "onnx.version_converter"}
-
-
-def shape_nodes(graph: gs.Graph) -> set[str]:
-    """Names of nodes that compute only shapes/indices: everything they produce ends in a
-    shape-like input (SHAPE_INPUTS) or comes from Shape/Size."""
-    result: set[str] = set()
-    outputs = {id(t) for t in graph.outputs}
-    for node in reversed(graph.nodes):  # consumers before producers (graph is toposorted)
-        if node.op in SHAPE_PRODUCERS:
-            result.add(node.name)
-            continue
-        uses = []
-        for tensor in node.outputs:
-            if id(tensor) in outputs:
-                uses.append(False)
-            for consumer in tensor.outputs:
-                slots = [i for i, t in enumerate(consumer.inputs) if t is tensor]
-                shape_slot = all(i in SHAPE_INPUTS.get(consumer.op, ()) for i in slots)
-                uses.append(shape_slot or consumer.name in result)
-        if uses and all(uses):
-            result.add(node.name)
-    return result
-
-
-def is_float(tensor: gs.Tensor, dtype: int = onnx.TensorProto.FLOAT) -> bool:
-    return onnx_dtype(tensor) == dtype
-
-
-def matches(node: gs.Node, op_types: Iterable[str], patterns: Sequence[str]) -> bool:
-    """Does ``node`` fall under an exclusion: its op type listed, or its name matching one of
-    the regexes (``re.search``: anywhere in the name)."""
-    return node.op in set(op_types) or any(re.search(p, node.name) for p in patterns)
-
 
 # -- what TensorRT cannot run in FP8 ----------------------------------------------------------
 
@@ -406,7 +270,12 @@ class Quantize(Pass):
         later: Ada, Hopper, Blackwell). Both use the same calibrated ranges, scale = amax / 127
         or amax / 448; fp8 raises the model's opset to 19 and leaves in float what TensorRT
         cannot run in FP8 (details.skipped names each node and why)."""
-        calibrator: Literal["minmax", "percentile", "entropy", "mse"] | None = None
+        high_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+        """The type of the float ops around the Q/DQ: fp16 or bf16 lower them as the
+        ``precision`` pass does (its keep list and FP16 range guard; the Q/DQ take scales of
+        that type at opset 19), fp32 leaves them as they are. TensorRT runs the non-quantized
+        layers in the graph's own types: with fp16 their weights take half the bytes."""
+        calibrator: Calibrator | None = None
         """How activation ranges are chosen from the calibration histograms. Default: entropy
         (TensorRT's) for int8, minmax for fp8, whose exponent holds the outliers that entropy
         clips for INT8's even steps."""
@@ -475,16 +344,16 @@ class Quantize(Pass):
         plan = self.plan(graph)
         if qtype is not INT8:
             ctx.details["dtype"] = qtype.name
-        # INT8's opset 13 is only declared (in apply), as it always was; FP8 raises it for real.
-        if qtype is not INT8 and plan.sites and opset(graph) < qtype.opset:
-            raised, how = raise_for(graph, qtype.opset)
+        if plan.sites:
+            raised, how = self._raise_opset(graph)
             if raised is None:
                 ctx.warnings.append(f"quantize: left the model unchanged: {how}")
                 ctx.details["opset"] = {"needed": qtype.opset, "unchanged": how}
                 ctx.details["quantized_nodes"] = 0
                 return PassResult(graph)
-            ctx.details["opset"] = how
-            ctx.log.info("quantize: opset %(from)s -> %(to)s (%(by)s)", how)
+            if how:
+                ctx.details["opset"] = how
+                ctx.log.info("quantize: opset %(from)s -> %(to)s (%(by)s)", how)
             if raised is not graph:  # rewritten by the version converter: placed anew
                 graph = raised
                 graph.toposort()
@@ -500,7 +369,8 @@ class Quantize(Pass):
         if not plan.sites:
             ctx.details["quantized_nodes"] = 0
             ctx.details[coverage_key] = self._coverage(macs, set())
-            return PassResult(graph, coverage=ctx.details[coverage_key])
+            graph, around = self._lower_around(graph, ctx)
+            return PassResult(graph, kept=around, coverage=ctx.details[coverage_key])
 
         data = ctx.calibration
         if data is None:
@@ -584,11 +454,56 @@ class Quantize(Pass):
             for k in kept
         ]
         self._quantized_weights.clear()
+        graph, around = self._lower_around(graph, ctx)
         # graphsurgeon tensors reference themselves (through their input and output lists),
         # so the FP32 weights replaced above are freed only by the cyclic collector, which
         # may not run before the caller exports the graph: another copy of the weights.
         gc.collect()
-        return PassResult(graph, kept=reported, coverage=quantized)
+        return PassResult(graph, kept=reported + around, coverage=quantized)
+
+    def _raise_opset(self, graph: gs.Graph) -> tuple[gs.Graph | None, dict | str | None]:
+        """The graph at the opset its Q/DQ need (``raise_for``; None for how when it already
+        is), or None and why not.
+
+        INT8 needs 13 (per-channel DequantizeLinear) and FP8 19; a model below (PaddleOCR's
+        exports are opset 11 and 12) is converted, not relabelled: opset 13 changed Squeeze,
+        Unsqueeze, Split and ReduceSum. FP16 or BF16 around the Q/DQ (``high_precision``)
+        gives them scales of that type, which need opset 19: raised here too, before
+        calibration, so that ranges are measured on the graph that ships; when only that
+        fails the Q/DQ are placed at their own opset and the lowering keeps them FP32."""
+        options: Any = self.options
+        needed = self.qtype.opset
+        wanted = needed if options.high_precision == "fp32" else max(needed, QDQ_FP16_OPSET)
+        current = opset(graph)
+        if current >= wanted:
+            return graph, None
+        raised, how = raise_for(graph, wanted)
+        if raised is None and wanted > needed:
+            if current >= needed:
+                return graph, None
+            raised, how = raise_for(graph, needed)
+        return raised, how
+
+    def _lower_around(self, graph: gs.Graph, ctx: PassContext) -> tuple[gs.Graph, list[dict]]:
+        """``high_precision``: the float ops around the Q/DQ lowered to FP16 or BF16 by the
+        precision pass itself (its default keep list, its FP16 range guard on constants and
+        calibration activations, a DequantizeLinear lowered with the op it fuses into, FP16
+        scales), its details under ``details.high_precision``; and the nodes it kept FP32."""
+        options: Any = self.options
+        if options.high_precision == "fp32":
+            return graph, []
+        inner = PassContext(scratch_dir=ctx.scratch_dir, log=ctx.log, calibration=ctx.calibration)
+        lowering = Precision(Precision.Options(dtype=options.high_precision))
+        result = lowering.run(graph, inner)
+        ctx.details["high_precision"] = inner.details
+        ctx.warnings += [
+            w.replace("precision:", "quantize.high_precision:", 1) for w in inner.warnings
+        ]
+        around = [
+            {**k, "reason": f"high_precision {options.high_precision}: {k['reason']}"}
+            for k in result.kept
+        ]
+        return result.graph, around
 
     def _coverage(self, macs: dict[str, int | None], quantized: set[str]) -> dict[str, Any]:
         """``coverage``, and for a type other than INT8 which type it counts."""
