@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import re
 import shutil
@@ -139,11 +140,18 @@ def scratch(kind: str) -> Iterator[Path]:
     """A private scratch folder in the system's temporary folder, removed when the block ends.
 
     Named with its :func:`owner`, so the scratch folders of killed processes (of any kind) are
-    removed by the next one, and by :func:`remove_dead_scratch`."""
-    remove_dead_scratch()
+    removed by the next process that makes one, and by :func:`remove_dead_scratch`."""
+    _sweep_once()
     prefix = f"{SCRATCH_PREFIX}{kind}-{owner()}"
     with tempfile.TemporaryDirectory(prefix=prefix) as name:
         yield Path(name)
+
+
+@functools.cache
+def _sweep_once() -> None:
+    """Once a process: listing the system's temporary folder for each scratch folder cost
+    more than a small model's passes (0.8 ms of optimize's 1.6 ms)."""
+    remove_dead_scratch()
 
 
 def remove_dead_scratch() -> int:
