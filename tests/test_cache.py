@@ -363,3 +363,21 @@ def test_an_unusable_cache_folder_never_fails_the_compile(tmp_path, write_recipe
     result = trtopt.compile(write_recipe(_recipe(tmp_path)), cache_dir=blocker)
     assert result.exit_code == 0
     assert (tmp_path / "out" / "model.onnx").is_file()
+
+
+def test_a_hit_reuses_the_plots_its_compile_drew(tmp_path, write_recipe, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from trtopt import html
+
+    path = write_recipe(_recipe(tmp_path))
+    first = (trtopt.compile(path).output_dir / "report.html").read_text()
+
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("a hit drew a plot again")
+
+    for name in ("_output_plot", "_passes_plot", "_latency_plot"):
+        monkeypatch.setattr(html, name, no_drawing)
+    hit = trtopt.compile(path)
+    assert hit.report["cache"]["compile"] == "hit"
+    page = (hit.output_dir / "report.html").read_text()
+    assert page.count("<img") == first.count("<img") > 0

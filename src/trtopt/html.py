@@ -13,7 +13,8 @@ import base64
 import html
 import importlib.util
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,9 @@ DPI = 80
 MISSING_PLOTS = "Plots need matplotlib: pip install 'trtopt[report]'."
 
 Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
+Drawn = dict[str, str]
+"""Plots drawn for a page, by name (``output:<name>``, ``passes``, ``latency``): embedded
+``<img>`` markup, which a cached compile keeps so that a hit's page needs no matplotlib."""
 
 PAGE_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:72rem;
@@ -252,10 +256,21 @@ def _verdict_block(title: str, verdict: str, lines: Sequence[str], failures: Seq
     )
 
 
-def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
+def render(
+    report: Mapping[str, Any], pairs: Pairs | None = None, drawn: Drawn | None = None
+) -> str:
     """The page for a compile report (report.json) or a check result (`trtopt check --json`);
-    ``pairs`` (see output_pairs) adds the per-output plots."""
-    plots = has_matplotlib()
+    ``pairs`` (see output_pairs) adds the per-output plots. ``drawn`` holds plots drawn
+    before, by name (a cached compile's: the same data draws the same plot), and gains the
+    ones drawn now."""
+    drawn = {} if drawn is None else drawn
+    plots = bool(drawn) or has_matplotlib()
+
+    def plot(key: str, draw: Callable[[], str]) -> str:
+        if key not in drawn and has_matplotlib():
+            drawn[key] = draw()
+        return drawn.get(key, "")
+
     is_check = report.get("kind") == "check"
     name = report.get("recipe") if is_check else (report.get("recipe") or {}).get("name")
     name = name or "check"
@@ -313,7 +328,9 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     if pairs:
         parts.append("<h3>Per output</h3>")
         if plots:
-            parts += [_output_plot(n, r, c) for n, (r, c) in pairs.items()]
+            parts += [
+                plot(f"output:{n}", partial(_output_plot, n, r, c)) for n, (r, c) in pairs.items()
+            ]
         else:
             parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
 
@@ -321,7 +338,7 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     if passes:
         parts.append("<h2>Passes</h2>")
         if plots:
-            parts.append(_passes_plot(passes))
+            parts.append(plot("passes", partial(_passes_plot, passes)))
         rows = [
             [
                 f"<td>{i + 1}. {escape(p['name'])}</td>",
@@ -354,7 +371,7 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
             "reference and artifact measured in alternating rounds.</p>"
         )
         if plots:
-            parts.append(_latency_plot(latency))
+            parts.append(plot("latency", partial(_latency_plot, latency)))
         rows = [
             [
                 f"<td>{w}</td>",
@@ -416,8 +433,13 @@ def render(report: Mapping[str, Any], pairs: Pairs | None = None) -> str:
     )
 
 
-def write_html(report: Mapping[str, Any], path: str | Path, pairs: Pairs | None = None) -> Path:
-    """Write the page for ``report`` to ``path``."""
+def write_html(
+    report: Mapping[str, Any],
+    path: str | Path,
+    pairs: Pairs | None = None,
+    drawn: Drawn | None = None,
+) -> Path:
+    """Write the page for ``report`` to ``path`` (``pairs``, ``drawn``: as :func:`render`)."""
     path = Path(path)
-    path.write_text(render(report, pairs), encoding="utf-8")
+    path.write_text(render(report, pairs, drawn), encoding="utf-8")
     return path

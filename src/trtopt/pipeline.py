@@ -253,8 +253,9 @@ def _compile(
         )
         the_report["calibration"] = {**measuring.to_json(), "reference": reference.providers}
         pairs = html_report.output_pairs(reference.outputs, checked.outputs)
-        html_report.write_html(the_report, staging / "report.html", pairs)
-        _cache_compile(job, recipe, records, the_report, staging, pairs)
+        drawn: html_report.Drawn = {}
+        html_report.write_html(the_report, staging / "report.html", pairs, drawn)
+        _cache_compile(job, recipe, records, the_report, staging, pairs, drawn)
         report.write_reports(the_report, staging)
         _deploy(recipe, the_report, staging)
         commit_output(staging, out)
@@ -466,6 +467,7 @@ def _cache_compile(
     the_report: dict[str, Any],
     staging: Path,
     pairs: html_report.Pairs,
+    drawn: html_report.Drawn,
 ) -> None:
     """Record in the report what the cache gave, and store the finished compile."""
     if job.keys is None:
@@ -477,7 +479,7 @@ def _cache_compile(
         "passes_from_cache": sum(r.cached for r in records),
     }
     if job.compile_key is not None and not job.unavailable:
-        store_compile(job.keys, recipe, job.data, the_report, staging, pairs)
+        store_compile(job.keys, recipe, job.data, the_report, staging, pairs, drawn)
 
 
 def _on_disk(model_path: Path) -> int:
