@@ -407,19 +407,7 @@ def render(
         )
     versions = report.get("versions") or {}
     if versions:
-        parts.append("<h2>Versions</h2>")
-        parts.append(
-            table(
-                ["package", "version"],
-                [
-                    [
-                        f"<td>{escape(k)}</td>",
-                        f"<td>{escape(v if v is not None else 'not installed')}</td>",
-                    ]
-                    for k, v in versions.items()
-                ],
-            )
-        )
+        parts += ["<h2>Versions</h2>", versions_table(versions)]
     if not plots:
         parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
 
@@ -431,6 +419,15 @@ def render(
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
+
+
+def versions_table(versions: Mapping[str, str | None]) -> str:
+    """Each package and its version ('not installed' for None), as a table."""
+    rows = [
+        [f"<td>{escape(k)}</td>", f"<td>{escape(v if v is not None else 'not installed')}</td>"]
+        for k, v in versions.items()
+    ]
+    return table(["package", "version"], rows)
 
 
 def write_html(

@@ -48,6 +48,7 @@ from ..html import (
     has_matplotlib,
     png,
     table,
+    versions_table,
 )
 from ..inputs import apply_input_overrides
 from ..junit import junit_xml
@@ -607,19 +608,7 @@ def render_html(result: MonitorResult) -> str:
         parts += [_output_plot(o) for o in result.outputs if o.metrics]
     else:
         parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
-    parts.append("<h2>Versions</h2>")
-    parts.append(
-        table(
-            ["package", "version"],
-            [
-                [
-                    f"<td>{escape(k)}</td>",
-                    f"<td>{escape(v if v is not None else 'not installed')}</td>",
-                ]
-                for k, v in versions().items()
-            ],
-        )
-    )
+    parts += ["<h2>Versions</h2>", versions_table(versions())]
     title = f"trtopt monitor {result.recipe}: {verdict.upper()}"
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

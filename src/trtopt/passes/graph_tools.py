@@ -11,7 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..graph_io import ExternalValues, constants, export_model, import_graph
-from .fusion.opset import opset, raise_opset
+from .fusion.opset import opset, raise_opset, set_default_opset
 from .graph_shapes import computed_shapes
 
 SHAPE_INPUTS: dict[str, tuple[int, ...]] = {
@@ -120,21 +120,10 @@ def matches(node: gs.Node, op_types: Iterable[str], patterns: Sequence[str]) -> 
 
 
 def require_opset(graph: gs.Graph, version: int) -> None:
-    """Raise the default-domain opset to at least ``version`` (graphsurgeon exports
-    ``import_domains`` when present, so both are updated). Each op used here keeps its
-    meaning across the versions crossed (later versions only add types or attributes).
-    The entries are replaced, never changed: graphsurgeon shares them with the ModelProto
-    the graph was imported from, which must not change under its owner."""
-    if graph.opset >= version:
-        return
-    graph.opset = version
-    if graph.import_domains is not None:
-        graph.import_domains = [
-            onnx.helper.make_opsetid(
-                entry.domain, version if entry.domain in ("", "ai.onnx") else entry.version
-            )
-            for entry in graph.import_domains
-        ]
+    """Raise the default-domain opset to at least ``version``. Each op used here keeps its
+    meaning across the versions crossed (later versions only add types or attributes)."""
+    if graph.opset < version:
+        set_default_opset(graph, version)
 
 
 def raise_for(

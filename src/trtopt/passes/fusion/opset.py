@@ -44,15 +44,25 @@ def raise_opset(graph: gs.Graph, target: int) -> str | None:
     # whose import differs from the model's: "FunctionOp imports version 18 whereas model
     # imports version 20"). New entries: the imported ones are the caller's model's own.
     for body in bodies:
-        body.opset = target
-        if body.import_domains is not None:
-            body.import_domains = [
-                onnx.helper.make_opsetid(
-                    e.domain, target if e.domain in ("", "ai.onnx") else e.version
-                )
-                for e in body.import_domains
-            ]
+        set_default_opset(body, target)
     return None
+
+
+DEFAULT = ("", "ai.onnx")
+"""The default domain's names."""
+
+
+def set_default_opset(graph: gs.Graph, version: int) -> None:
+    """Set the default-domain opset of ``graph`` (a model's graph or a local function) to
+    ``version``, in ``import_domains`` too, which graphsurgeon exports when present. The
+    entries are replaced, never changed: graphsurgeon shares them with the ModelProto the
+    graph was imported from, which must not change under its owner."""
+    graph.opset = version
+    if graph.import_domains is not None:
+        graph.import_domains = [
+            onnx.helper.make_opsetid(e.domain, version if e.domain in DEFAULT else e.version)
+            for e in graph.import_domains
+        ]
 
 
 def _all_nodes(graph: gs.Graph) -> Iterator[gs.Node]:
