@@ -299,7 +299,8 @@ class Quantize(Pass):
         cache: bool = True
         """Cache ranges by model, data and settings ($TRTOPT_CACHE_DIR, ~/.cache/trtopt)."""
         memory_budget: Annotated[int, Field(ge=1 << 20)] = DEFAULT_MEMORY_BUDGET
-        """Bytes of activations exposed per calibration batch before tensors are grouped."""
+        """Bytes of activations exposed per calibration run (one sample) before tensors are
+        grouped into several runs."""
         bins: Annotated[int, Field(ge=256, le=1 << 16)] = 2048
         """Histogram bins per tensor (a power of two)."""
 
