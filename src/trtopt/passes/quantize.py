@@ -297,7 +297,7 @@ class Quantize(Pass):
         auto: AutoOptions | None = None
         """Keep the most sensitive layers in float, as few as possible, until this passes."""
         cache: bool = True
-        """Cache ranges by model, data and settings ($TRTOPT_CACHE_DIR, ~/.cache/trtopt)."""
+        """Cache ranges by model, data and settings, in the stage cache (--no-cache: none)."""
         memory_budget: Annotated[int, Field(ge=1 << 20)] = DEFAULT_MEMORY_BUDGET
         """Bytes of activations exposed per calibration run (one sample) before tensors are
         grouped into several runs."""
