@@ -3,7 +3,7 @@ any feed against the model's inputs before work is done."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +124,20 @@ def synthetic_feeds(
     return [dict(loader[i]) for i in range(samples)]
 
 
+def check_names(names: Iterable[str], inputs: Sequence[InputInfo], where: str) -> None:
+    """A DataError at ``where`` unless ``names`` are exactly the model's input names."""
+    given = list(names)
+    expected = [info.name for info in inputs]
+    missing = [name for name in expected if name not in given]
+    unknown = [name for name in given if name not in expected]
+    if missing or unknown:
+        raise DataError(
+            f"input names do not match the model: missing {missing or 'none'}, "
+            f"not in the model {unknown or 'none'}; the model takes {expected}",
+            where,
+        )
+
+
 def validate_feeds(
     feeds: Sequence[Feed], inputs: Sequence[InputInfo], source: str, first: int = 0
 ) -> None:
@@ -132,14 +146,7 @@ def validate_feeds(
     expected = {info.name: info for info in inputs}
     for index, feed in enumerate(feeds, start=first):
         where = f"{source} (sample {index})"
-        missing = [name for name in expected if name not in feed]
-        unknown = [name for name in feed if name not in expected]
-        if missing or unknown:
-            raise DataError(
-                f"input names do not match the model: missing {missing or 'none'}, "
-                f"not in the model {unknown or 'none'}; the model takes {list(expected)}",
-                where,
-            )
+        check_names(feed, inputs, where)
         for name, array in feed.items():
             info = expected[name]
             if array.dtype != info.dtype:

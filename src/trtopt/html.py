@@ -411,7 +411,11 @@ def render(
     if not plots:
         parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
 
-    title = f"trtopt {name}: {str(report.get('verdict', '')).upper()}"
+    return page(f"trtopt {name}: {str(report.get('verdict', '')).upper()}", parts)
+
+
+def page(title: str, parts: Sequence[str]) -> str:
+    """A whole self-contained page: ``parts`` (markup) under ``title``, in the report's look."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

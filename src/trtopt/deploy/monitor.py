@@ -36,16 +36,16 @@ from .._version import versions
 from ..calibration import ImageSource
 from ..calibration.sources import IMAGE_SUFFIXES, load_image
 from ..errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
-from ..feeds import Feed, InputInfo
+from ..feeds import Feed, InputInfo, check_names
 from ..formatting import format_limit, format_metric
 from ..gate import GateSettings, open_artifact
 from ..html import (
     DPI,
     HISTOGRAM_BINS,
     MISSING_PLOTS,
-    PAGE_CSS,
     escape,
     has_matplotlib,
+    page,
     png,
     table,
     versions_table,
@@ -418,14 +418,7 @@ def _fit(
     dim that do not fit; return its sample count along the leading axis, or None when an
     input's leading dim is fixed (the file is one sample)."""
     expected = {info.name: info for info in inputs}
-    missing = [n for n in expected if n not in arrays]
-    unknown = [n for n in arrays if n not in expected]
-    if missing or unknown:
-        raise DataError(
-            f"input names do not match the model: missing {missing or 'none'}, not in the "
-            f"model {unknown or 'none'}; the model takes {list(expected)}",
-            where,
-        )
+    check_names(arrays, inputs, where)
     named: dict[str, tuple[str, int]] = {}
     for name, (dtype, shape) in arrays.items():
         info = expected[name]
@@ -609,14 +602,7 @@ def render_html(result: MonitorResult) -> str:
     else:
         parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
     parts += ["<h2>Versions</h2>", versions_table(versions())]
-    title = f"trtopt monitor {result.recipe}: {verdict.upper()}"
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{PAGE_CSS}</style></head>\n<body>\n"
-        + "\n".join(parts)
-        + "\n</body></html>\n"
-    )
+    return page(f"trtopt monitor {result.recipe}: {verdict.upper()}", parts)
 
 
 def _distribution_table(result: MonitorResult) -> str:
