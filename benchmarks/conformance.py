@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -188,30 +189,26 @@ def _compare(names: list[str], expected: list[list[Any]], got: list[list[Any]]) 
 # ----------------------------------------------------------------------------- the cases
 
 
-def _cases() -> list[Any]:
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        from onnx.backend.test.case.node import collect_testcases
+def _node_tests() -> Any:
+    """tests/conformance.py, the harness this benchmark shares with the test suite (loaded by
+    path: this file's own name is ``conformance`` too)."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "conformance.py"
+    spec = importlib.util.spec_from_file_location("trtopt_node_tests", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
-        return list(collect_testcases())
 
-
-def _value(value: Any) -> Any:
-    """A test input as ONNX Runtime's Python API takes it: the cases store some as
-    TensorProto (float16, double, 8-bit floats) or NumPy scalars."""
-    if isinstance(value, onnx.TensorProto):
-        return onnx.numpy_helper.to_array(value)
-    if isinstance(value, np.generic):
-        return np.asarray(value)
-    if isinstance(value, list):
-        return [_value(item) for item in value]
-    return value
+NODE_TESTS = _node_tests()
 
 
 def _feeds(case: Any) -> list[dict[str, Any]]:
     names = [value.name for value in case.model.graph.input]
     return [
-        {name: _value(value) for name, value in zip(names, inputs)} for inputs, _ in case.data_sets
+        {name: NODE_TESTS.value(value) for name, value in zip(names, inputs)}
+        for inputs, _ in case.data_sets
     ]
 
 
@@ -427,7 +424,7 @@ def _warm_up(tools: list[Tool], case: Any) -> None:
 def run(
     tools: list[Tool], jobs: int, timeout: float, limit: int | None, match: str | None
 ) -> dict[str, Any]:
-    cases = _cases()
+    cases = NODE_TESTS.cases()
     total_cases = len(cases)
     _warm_up([t for t in tools if not _available(t)], cases[0])
     if match:

@@ -28,7 +28,7 @@ def cases() -> list[Any]:
     """Every node test case the onnx package ships (each: name, model, data_sets)."""
     from onnx.backend.test.case.node import collect_testcases
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")  # the generators' own overflow warnings
         return list(collect_testcases())
 
