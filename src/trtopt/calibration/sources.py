@@ -233,13 +233,18 @@ def _glob_folders(pattern: str) -> list[Path]:
     return folders
 
 
+def read_npz(path: Path) -> Feed:
+    """The arrays of one .npz file by name; a DataError naming it when it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise DataError(f"not a readable .npz file: {error}", str(path)) from None
+
+
 def _npz_feeds(paths: list[Path]) -> Iterator[Feed]:
     for path in paths:
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                yield {name: archive[name] for name in archive.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-            raise DataError(f"not a readable .npz file: {error}", str(path)) from None
+        yield read_npz(path)
 
 
 def _npy_feeds(

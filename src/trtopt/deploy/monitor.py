@@ -34,7 +34,7 @@ import numpy as np
 from .. import feeds, progress
 from .._version import versions
 from ..calibration import ImageSource
-from ..calibration.sources import IMAGE_SUFFIXES, load_image
+from ..calibration.sources import IMAGE_SUFFIXES, load_image, read_npz
 from ..errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from ..feeds import Feed, InputInfo, check_names
 from ..formatting import format_limit, format_metric
@@ -337,7 +337,7 @@ class _Captured:
                 yield Sample(self.name(path)), feed
             return
         for path, rows in zip(self.files, self.rows):
-            feed = _read_npz(path)
+            feed = read_npz(path)
             feeds.validate_feeds([feed], inputs, str(path))  # NaN and infinities
             if rows is None:
                 yield Sample(self.name(path)), feed
@@ -401,14 +401,6 @@ def _npz_headers(path: Path) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
         raise DataError(f"not a readable .npz file: {error}", str(path)) from None
     return found
-
-
-def _read_npz(path: Path) -> Feed:
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise DataError(f"not a readable .npz file: {error}", str(path)) from None
 
 
 def _fit(
