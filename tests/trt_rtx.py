@@ -8,6 +8,7 @@ importable.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -22,10 +23,24 @@ def trt():
 
 
 def build(model: onnx.ModelProto | Path, dims: dict[str, tuple[int, int, int]] | None = None):
-    """Parse and build ``model``; returns the serialized engine's size in bytes. Fails the
-    test with the parser's (or builder's) own errors."""
+    """Parse and build ``model`` for SM89 and SM120; returns the serialized engine's size in
+    bytes. Fails the test with the parser's (or builder's) own errors."""
+    engine = build_for(model, ("SM89", "SM120"), dims)
+    if engine is None:
+        pytest.fail("TensorRT could not build an engine from the graph")
+    return engine.nbytes
+
+
+def build_for(
+    model: onnx.ModelProto | Path,
+    capabilities: Sequence[str],
+    dims: dict[str, tuple[int, int, int]] | None = None,
+):
+    """Parse ``model`` (failing the test with the parser's errors) and build it for the named
+    compute capabilities (``rt.ComputeCapability`` names, e.g. SM86); the serialized engine, or
+    None when TensorRT refuses to build one."""
     rt = trt()
-    logger = rt.Logger(rt.Logger.ERROR)
+    logger = rt.Logger(rt.Logger.ERROR)  # the builder says why it refuses, on stderr
     builder = rt.Builder(logger)
     network = builder.create_network(0)
     parser = rt.OnnxParser(network, logger)
@@ -39,9 +54,9 @@ def build(model: onnx.ModelProto | Path, dims: dict[str, tuple[int, int, int]] |
         ]
         pytest.fail("TensorRT cannot parse the graph:\n" + "\n".join(errors))
     config = builder.create_builder_config()
-    config.num_compute_capabilities = 2
-    config.set_compute_capability(rt.ComputeCapability.SM89, 0)
-    config.set_compute_capability(rt.ComputeCapability.SM120, 1)
+    config.num_compute_capabilities = len(capabilities)
+    for index, name in enumerate(capabilities):
+        config.set_compute_capability(getattr(rt.ComputeCapability, name), index)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
@@ -54,7 +69,4 @@ def build(model: onnx.ModelProto | Path, dims: dict[str, tuple[int, int, int]] |
         shapes = [[named[a][k] if a in named else v for a, v in enumerate(shape)] for k in range(3)]
         profile.set_shape(tensor.name, *shapes)
     config.add_optimization_profile(profile)
-    engine = builder.build_serialized_network(network, config)
-    if engine is None:
-        pytest.fail("TensorRT could not build an engine from the graph")
-    return engine.nbytes
+    return builder.build_serialized_network(network, config)
