@@ -27,8 +27,8 @@ log = logging.getLogger("trtopt")
 
 
 PLOT_DATA = "report-plots.npz"
-"""A cached compile's output pairs, from which a hit draws report.html again (with the plots
-that matplotlib, installed since, can draw, and the hit's own report); never an output."""
+"""A cached compile's output pairs, kept only when its page could not draw plots: a hit draws
+them where matplotlib is installed since; never an output."""
 PLOT_IMAGES = "report-plots.json"
 """The plots a cached compile's page embedded, by name: a hit's page reuses them rather than
 draw them again (matplotlib took 1.8 s of a 2 s warm recompile); never an output."""
@@ -99,13 +99,18 @@ def store_compile(
             if not path.is_file():
                 raise OSError(f"not caching a compile whose output holds a folder ({path.name})")
             shutil.copyfile(path, entry.folder / path.name)
-        names = sorted(pairs)
-        arrays = {
-            f"{kind}{i}": pairs[n][j] for i, n in enumerate(names) for j, kind in enumerate("rc")
-        }
-        with open(entry.folder / PLOT_DATA, "wb") as handle:
-            np.savez(handle, **arrays)
-        (entry.folder / PLOT_IMAGES).write_text(json.dumps(drawn, sort_keys=True))
+        # The plots drawn, in page order; or, where matplotlib was missing, the outputs to draw
+        # them from (every output's values on every check feed) for a hit where it is now.
+        names = [] if drawn else sorted(pairs)
+        if names:
+            arrays = {
+                f"{kind}{i}": pairs[n][j]
+                for i, n in enumerate(names)
+                for j, kind in enumerate("rc")
+            }
+            with open(entry.folder / PLOT_DATA, "wb") as handle:
+                np.savez(handle, **arrays)
+        (entry.folder / PLOT_IMAGES).write_text(json.dumps(drawn))
         entry.meta = {"report": the_report, "plotted": names}
 
 

@@ -325,11 +325,14 @@ def render(
             f"{escape(shape_check['verdict'])}</h3>"
         )
         parts.append(_accuracy_table(shape_check))
-    if pairs:
+    # The outputs plotted: those paired now, else those a cached compile drew.
+    pairs = pairs or {}
+    outputs = list(pairs) or [k.partition(":")[2] for k in drawn if k.startswith("output:")]
+    if outputs:
         parts.append("<h3>Per output</h3>")
         if plots:
             parts += [
-                plot(f"output:{n}", partial(_output_plot, n, r, c)) for n, (r, c) in pairs.items()
+                plot(f"output:{n}", partial(_output_plot, n, *pairs.get(n, ()))) for n in outputs
             ]
         else:
             parts.append(f'<p class="note">{MISSING_PLOTS}</p>')
