@@ -1,11 +1,13 @@
-"""The shipped recipes gate themselves: each compiles (its golden check included) and then
-passes `trtopt check` against its golden file, so a pass that moves any recipe's outputs past
-its thresholds fails CI."""
+"""The shipped recipes gate themselves: each compiles (its golden check included), passes
+`trtopt check` against its golden file, and its final graph builds with TensorRT for RTX for two
+compute capabilities, so a pass that moves any recipe's outputs past its thresholds, or emits a
+graph TensorRT refuses, fails CI. One compile per recipe serves all three."""
 
 from __future__ import annotations
 
 import pytest
 
+import trt_rtx
 import trtopt
 from gate_helpers import shipped_recipes
 from trtopt.cli import main
@@ -27,7 +29,11 @@ def test_shipped_recipe_compiles_and_passes_trtopt_check(recipe, tmp_path, capsy
     else:
         assert result.exit_code == EXIT_OK, result.report["accuracy"]["failures"]
         assert result.report["golden"]["verdict"] == "pass"
+        if any("quantize" in str(item) for item in result.report["recipe"]["passes"]):
+            assert (out / "calibration.cache").is_file()  # TensorRT's own calibration table
     code = main(["check", str(recipe), "--artifact", str(artifact)])
     output = capsys.readouterr().out
     assert code == EXIT_OK, output
     assert ": PASS" in output.splitlines()[0]
+    # Built ahead of time on this CPU: Ampere (no FP8) and Blackwell.
+    assert trt_rtx.build_for(out / "model.onnx", ("SM86", "SM120")) is not None

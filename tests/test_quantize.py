@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 import pytest
 
 import trt_rtx
-from helpers import DIMS, MODELS, RANGES, ROOT, model_feeds, ort_run, run_cli
+from helpers import DIMS, MODELS, RANGES, model_feeds, ort_run, run_cli
 from trtopt import feeds
 from trtopt.calibration import DataSet, DataSource, split_graph
 from trtopt.errors import EXIT_USER
@@ -267,15 +267,3 @@ def test_compile_reports_excluded_nodes_and_fails_bad_options(tmp_path, write_re
     recipe["passes"] = [{"quantize": {"symmetric": False}}]
     result = run_cli("compile", str(write_recipe(recipe)))
     assert result.returncode == EXIT_USER and "zero point" in result.stdout + result.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["cnn-int8", "cnn-fp16", "bert-int8", "bert-fp16"])
-def test_shipped_recipes_pass_and_build_with_tensorrt(tmp_path, name):
-    out = tmp_path / name
-    result = run_cli("compile", str(ROOT / "recipes" / f"{name}.yaml"), "-o", str(out))
-    assert result.returncode == 0, result.stdout + result.stderr
-    if "int8" in name:
-        assert (out / "calibration.cache").is_file()
-    trt_rtx.trt()
-    assert trt_rtx.build(out / "model.onnx", TRT_DIMS) > 0
