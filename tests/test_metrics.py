@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -66,3 +68,29 @@ def test_boolean_outputs_are_measured_as_zeros_and_ones():
     measured = metrics.measure(reference, candidate)["mask"]
     assert not isinstance(measured, str)
     assert measured["max_abs"] == 1.0 and measured["mean_abs"] == 0.25
+
+
+def test_measuring_never_looks_for_torch():
+    """Polygraphy's comparisons ask whether each value is a torch tensor, which imports torch
+    wherever it is installed (seconds of every compile); trtopt's measuring must not."""
+    probe = """
+import sys
+import numpy as np
+
+looked = []
+
+class Record:  # Polygraphy swallows errors here: record the lookups rather than refuse them
+    def find_spec(self, name, path=None, target=None):
+        looked.append(name)
+
+sys.meta_path.insert(0, Record())
+from trtopt import metrics
+
+reference = [{"y": np.linspace(0, 1, 50, dtype=np.float32).reshape(5, 10)}]
+candidate = [{"y": reference[0]["y"] + np.float32(1e-3)}]
+measured = metrics.measure(reference, candidate, class_scores={"y"})
+print(measured["y"]["cosine"] > 0.99, [n for n in looked if n.split(".")[0] == "torch"])
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True []"
