@@ -155,6 +155,7 @@ def test_every_rule_cites_its_document():
         "qdq-fusion",
         "precision",
         "fp8-compute-capability",
+        "int4-compute-capability",
     }
     assert all(rule.source.startswith("https://") for rule in RULES.values())
 

@@ -523,10 +523,65 @@ PRECISION_HINT_KEYS = {"precision", "fp16", "int8", "bf16", "fp8", "trt_precisio
 
 FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
 """FP8 (E4M3) kernels exist from Ada (8.9) on: Ada, Hopper (9.0), Blackwell (10.0, 12.0)."""
+INT4_MIN_COMPUTE_CAPABILITY = (8, 0)
+"""INT4 weight-only GEMMs exist from Ampere (8.0) on."""
 RTX_QUANTIZED_DOC = (
     "https://docs.nvidia.com/deeplearning/tensorrt-rtx/latest/inference-library/"
     "work-quantized-types.html"
 )
+
+
+def _typed_qdq(view: GraphView, type_name: str) -> list[onnx.NodeProto]:
+    """The Q/DQ nodes that read or write ``type_name`` tensors."""
+    return [
+        node
+        for node in view.nodes()
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear")
+        and any(view.types.get(name) == type_name for name in (*node.input, *node.output) if name)
+    ]
+
+
+def _capability_findings(
+    view: GraphView,
+    rule_name: str,
+    nodes: list[onnx.NodeProto],
+    least: tuple[int, int],
+    what: str,
+    gpus: str,
+    instead: str,
+) -> Iterator[Finding]:
+    """An error when the build names a GPU older than ``least`` for ``nodes`` (of type
+    ``what``), a warning when it names none."""
+    if not nodes:
+        return
+    oldest = ".".join(str(v) for v in least)
+    said = f"{len(nodes)} Q/DQ node(s) compute in {what}"
+    named = view.compute_capabilities
+    if named is None:
+        where = (
+            f"name them in build.tensorrt_rtx.compute_capabilities (e.g. [{oldest}, 12.0])"
+            if view.target.name == "tensorrt-rtx"
+            else "build and deploy on those GPUs"
+        )
+        yield _finding(
+            rule_name,
+            WARNING,
+            nodes[0],
+            f"{said} (this is the first), which only GPUs of compute capability {oldest} or "
+            f"later run ({gpus})",
+            f"{where}, or {instead} for older ones",
+        )
+        return
+    older = [f"{a}.{b}" for a, b in named if (a, b) < least]
+    if older:
+        yield _finding(
+            rule_name,
+            ERROR,
+            nodes[0],
+            f"{said} (this is the first), but the build targets compute capability "
+            f"{', '.join(older)}, below {oldest}: TensorRT refuses {what} there",
+            f"drop {', '.join(older)} from the build's compute capabilities, or {instead}",
+        )
 
 
 @rule(
@@ -539,40 +594,32 @@ def check_fp8_capability(view: GraphView) -> Iterator[Finding]:
     # "FP8 is only supported for matrix multiplications (GEMM) on Ada and later architectures
     # (compute capability 8.9 or later)"; TensorRT for RTX refuses to build such a graph for
     # SM86 or SM75: "the model contains HW-specific datatypes: fp8_e4m3".
-    fp8 = [
-        node
-        for node in view.nodes()
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear")
-        and any(view.types.get(name) == "FP8" for name in (*node.input, *node.output) if name)
-    ]
-    if not fp8:
-        return
-    least = ".".join(str(v) for v in FP8_MIN_COMPUTE_CAPABILITY)
-    what = f"{len(fp8)} Q/DQ node(s) compute in FP8"
-    named = view.compute_capabilities
-    if named is None:
-        where = (
-            "name them in build.tensorrt_rtx.compute_capabilities (e.g. [8.9, 12.0])"
-            if view.target.name == "tensorrt-rtx"
-            else "build and deploy on those GPUs"
-        )
-        yield _finding(
-            "fp8-compute-capability",
-            WARNING,
-            fp8[0],
-            f"{what} (this is the first), which only GPUs of compute capability {least} or "
-            "later run (Ada, Hopper, Blackwell)",
-            f"{where}, or quantize with dtype int8 for older ones",
-        )
-        return
-    older = [f"{a}.{b}" for a, b in named if (a, b) < FP8_MIN_COMPUTE_CAPABILITY]
-    if older:
-        yield _finding(
-            "fp8-compute-capability",
-            ERROR,
-            fp8[0],
-            f"{what} (this is the first), but the build targets compute capability "
-            f"{', '.join(older)}, below {least}: TensorRT refuses FP8 there",
-            f"drop {', '.join(older)} from the build's compute capabilities, or quantize with "
-            "dtype int8",
-        )
+    yield from _capability_findings(
+        view,
+        "fp8-compute-capability",
+        _typed_qdq(view, "FP8"),
+        FP8_MIN_COMPUTE_CAPABILITY,
+        "FP8",
+        "Ada, Hopper, Blackwell",
+        "quantize with dtype int8",
+    )
+
+
+@rule(
+    "int4-compute-capability",
+    "INT4 weights need compute capability 8.0 or later (Ampere on): an error when the build "
+    "names an older GPU (Turing), a warning when it names none",
+    RTX_QUANTIZED_DOC,
+)
+def check_int4_capability(view: GraphView) -> Iterator[Finding]:
+    # TensorRT for RTX 1.7 builds block-wise INT4 DequantizeLinear for SM80, SM86, SM89 and
+    # SM120 and refuses SM75: "the model contains HW-specific datatypes: int4".
+    yield from _capability_findings(
+        view,
+        "int4-compute-capability",
+        _typed_qdq(view, "INT4"),
+        INT4_MIN_COMPUTE_CAPABILITY,
+        "INT4",
+        "Ampere, Ada, Hopper, Blackwell",
+        "quantize with dtype int8",
+    )

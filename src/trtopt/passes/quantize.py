@@ -1,5 +1,5 @@
-"""``quantize``: explicit INT8 or FP8 Q/DQ placed the way TensorRT's strongly typed builder
-wants it.
+"""``quantize``: explicit INT8 or FP8 Q/DQ, or INT4 weight-only DequantizeLinear, placed the
+way TensorRT's strongly typed builder wants it.
 
 TensorRT 11 has no implicit INT8 and no calibrators: precision is what the graph says, so
 this pass calibrates activation ranges on ONNX Runtime (streaming, cached; see
@@ -12,6 +12,14 @@ quantized type (:class:`QuantizedType`: scale = amax / 127 or amax / 448) and in
 cannot run, which ``FP8_RULES`` names node by node (the reason lands in the pass's details).
 A model below the opset its Q/DQ need (13, FP8 19) is converted by ONNX's version converter.
 
+INT4 (``dtype: int4``) is weight-only, as TensorRT runs it: the constant weights of MatMul and
+Gemm become block-wise INT4 behind a DequantizeLinear (opset 21, ``axis`` + ``block_size``, no
+activation Q/DQ), scales in the weight's float type; ``INT4_RULES`` name what stays float.
+``method: rtn`` rounds each block to nearest (trtopt.passes.blockwise); ``method: awq`` chooses
+each block's clip ratio on calibration data and, with ``awq: {scale: true}``, a per-channel
+scale first (trtopt.passes.awq), dividing the activation by it with one Mul ahead of the
+products that read it.
+
 ``high_precision: fp16 | bf16`` lowers the float ops around the Q/DQ with the ``precision``
 pass itself (its keep list and range guard; the Q/DQ take scales of that type). It defaults to
 fp32 here: a pass knows no backend, and choosing FP16 for TensorRT targets is the recipe's.
@@ -23,21 +31,23 @@ import gc
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import ml_dtypes  # onnx's own dependency: the numpy types of FLOAT8E4M3FN and friends
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..calibration import calibrate, split_graph, tensorrt_cache
 from ..calibration.calibrators import Calibrator
-from ..calibration.collect import DEFAULT_MEMORY_BUDGET
+from ..calibration.collect import DEFAULT_MEMORY_BUDGET, collect
 from ..errors import DataError, RecipeError
 from ..graph_io import peek
+from . import awq, blockwise
 from .base import Pass, PassContext, PassOptions, PassResult
 from .fusion.opset import opset
+from .fusion.pattern import constant_value
 from .graph_tools import (
     is_float,
     matches,
@@ -51,6 +61,9 @@ from .precision import QDQ_FP16_OPSET, Precision
 from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search
 
+if TYPE_CHECKING:
+    from ..calibration import DataSet
+
 INT8_MAX = 127
 FP8_MAX = 448.0
 """The largest finite FLOAT8E4M3FN value: FP8 scales are amax / 448 (TensorRT, ModelOpt)."""
@@ -62,6 +75,8 @@ MIN_QDQ_OPSET = 13
 """Per-channel (``axis``) DequantizeLinear needs opset 13."""
 FP8_OPSET = 19
 """QuantizeLinear/DequantizeLinear take FLOAT8E4M3FN from opset 19."""
+INT4_OPSET = 21
+"""DequantizeLinear takes INT4 and block-wise scales (``block_size``) from opset 21."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,15 @@ FP8 = QuantizedType(
     FP8_OPSET,
     _to_fp8,
 )
-QUANTIZED_TYPES = {t.name: t for t in (INT8, FP8)}
+INT4 = QuantizedType(
+    "int4",
+    onnx.TensorProto.INT4,
+    ml_dtypes.int4,
+    blockwise.INT4_MAX,
+    INT4_OPSET,
+    blockwise.to_int4,
+)
+QUANTIZED_TYPES = {t.name: t for t in (INT8, FP8, INT4)}
 DEFAULT_CALIBRATORS = {"int8": "entropy", "fp8": "minmax"}
 """The calibrator a type gets unless one is named. Measured on PaddleOCR's pretrained detector,
 recognizer and classifier (worst held-out cosine on rendered text): FP8 with minmax ranges
@@ -204,6 +227,66 @@ FP8_RULES = (
 cites its source. A refused node keeps float inputs and is named in ``details.skipped``."""
 
 
+# -- what TensorRT runs as INT4 ------------------------------------------------------------
+
+INT4_OPS = ("MatMul", "Gemm")
+"""TensorRT's INT4 is weight-only: "INT4 (signed 4-bit integer, weight-only quantization)"
+(Working with Quantized Types); its kernels dequantize a GEMM's weights (ModelOpt's INT4
+quantizes MatMul and Gemm weights only)."""
+INT4_FLOAT_TYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+MIN_INT4_BLOCK = 16
+"""The smallest block a layer falls back to when the requested one does not divide its K."""
+
+
+def weight_of(node: gs.Node) -> gs.Constant | None:
+    """A MatMul's or Gemm's B when it is constant (an initializer or a Constant node's value),
+    without loading its values."""
+    if len(node.inputs) < 2:
+        return None
+    tensor = node.inputs[1]
+    if isinstance(tensor, gs.Constant):
+        return tensor
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        return value if isinstance(value, gs.Constant) else None
+    return None
+
+
+def _int4_weight(node: gs.Node) -> str | None:
+    """INT4 is weight-only: a B computed at run time (attention's activation x activation
+    products) has no ahead-of-time scales and stays float."""
+    if weight_of(node) is None:
+        return "B is computed, not a constant weight (INT4 is weight-only)"
+    return None
+
+
+def _int4_weight_rank(node: gs.Node) -> str | None:
+    """Block-wise INT4 weights are matrices [K, N] (ModelOpt's INT4 skips others; TensorRT
+    runs them as a GEMM's dequantized B): a 1-D or batched constant B stays float."""
+    weight = weight_of(node)
+    if weight is not None and len(weight.shape) != 2:
+        return f"a {len(weight.shape)}-D weight (INT4 blocks 2-D weights)"
+    return None
+
+
+def _int4_weight_type(node: gs.Node) -> str | None:
+    """Scales take the weight's own float type (FP32, FP16 or BF16); an integer or already
+    quantized B is left as it is."""
+    weight = weight_of(node)
+    if weight is not None and np.dtype(weight.dtype) not in INT4_FLOAT_TYPES:
+        return f"a {np.dtype(weight.dtype).name} weight"
+    return None
+
+
+INT4_RULES = (
+    PlacementRule("int4-weight", _int4_weight),
+    PlacementRule("int4-weight-rank", _int4_weight_rank),
+    PlacementRule("int4-weight-type", _int4_weight_type),
+)
+"""Why a MatMul or Gemm keeps a float weight under dtype int4, in the order checked (then
+``int4-block``: no block size TensorRT reads as meant, see ``blockwise.fitting_block``)."""
+
+
 def refusal(node: gs.Node, rules: Sequence[PlacementRule]) -> str | None:
     """``'<rule>: <why>'`` for the first rule that refuses ``node``, else None."""
     for rule in rules:
@@ -233,6 +316,25 @@ class Exclude(PassOptions):
         return value
 
 
+class AwqOptions(PassOptions):
+    """What ``method: awq`` searches (trtopt.passes.awq). The default is ModelOpt's default
+    for ONNX INT4, awq_clip: on PaddleOCR's PP-OCRv4 recognizer (64 held-out text lines,
+    relative output error; RTN 0.263 / 0.163 / 0.093 at blocks 128 / 64 / 32) clips alone
+    gave 0.151 / 0.131 / 0.077, a channel scale and then clips 0.166 / 0.149 / 0.091, though
+    the scale lowers every layer's own error on held-out data too."""
+
+    scale: bool = False
+    """Search a scale per input channel first, AWQ's s = mean|x|^a / mean|w|^(1-a) (the
+    activation is divided by it with one Mul, the weight's rows multiplied): awq_lite, and
+    with ``clip`` awq_full."""
+    clip: bool = True
+    """Search a clip ratio per block, 1 down to ``clip_min`` by 0.05 (awq_clip)."""
+    steps: Annotated[int, Field(ge=1, le=100)] = 10
+    """Exponents tried for the scale: a = 0, 1/steps, ..., 1 (ModelOpt's step 0.1)."""
+    clip_min: Annotated[float, Field(ge=0.1, lt=1)] = 0.5
+    """The smallest clip ratio tried (ModelOpt's 0.5)."""
+
+
 @dataclass
 class Site:
     """One quantized input: a tensor feeding a node's input slot."""
@@ -243,6 +345,8 @@ class Site:
     weight_axis: int | None = None
     """Constant weights: the per-channel axis (None: per-tensor)."""
     constant: bool = False
+    block_size: int | None = None
+    """INT4 weights: the block along ``weight_axis`` (K)."""
 
 
 @dataclass
@@ -265,11 +369,23 @@ class Quantize(Pass):
     exact = False  # its numbers move on purpose; the check's thresholds judge them
 
     class Options(PassOptions):
-        dtype: Literal["int8", "fp8"] = "int8"
-        """Quantized type: int8 (every TensorRT GPU) or fp8 (E4M3; compute capability 8.9 and
-        later: Ada, Hopper, Blackwell). Both use the same calibrated ranges, scale = amax / 127
-        or amax / 448; fp8 raises the model's opset to 19 and leaves in float what TensorRT
-        cannot run in FP8 (details.skipped names each node and why)."""
+        dtype: Literal["int8", "fp8", "int4"] = "int8"
+        """Quantized type: int8 (every TensorRT GPU), fp8 (E4M3; compute capability 8.9 and
+        later: Ada, Hopper, Blackwell) or int4 (weight-only; 8.0 and later). int8 and fp8 use
+        the same calibrated ranges, scale = amax / 127 or amax / 448; fp8 raises the model's
+        opset to 19. int4 stores MatMul and Gemm weights as block-wise INT4 (scale = block
+        amax / 7) and raises the opset to 21. fp8 and int4 leave in float what TensorRT cannot
+        run in that type (details.skipped names each node and why)."""
+        method: Literal["awq", "rtn"] = "awq"
+        """int4 only: awq (activation-aware: a channel scale and block clip ratios chosen on
+        the calibration data, never worse than rtn on it) or rtn (each block rounded to
+        nearest; needs no data)."""
+        block_size: Literal[32, 64, 128] = 128
+        """int4 only: weights per scale along K. A layer whose K it does not divide uses the
+        largest block below it that does (TensorRT reads whole blocks only: a partial last
+        block would build as another block size); details.block_sizes names those."""
+        awq: AwqOptions = AwqOptions()
+        """int4 with method awq: what it searches."""
         high_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
         """The type of the float ops around the Q/DQ: fp16 or bf16 lower them as the
         ``precision`` pass does (its keep list and FP16 range guard; the Q/DQ take scales of
@@ -278,7 +394,8 @@ class Quantize(Pass):
         calibrator: Calibrator | None = None
         """How activation ranges are chosen from the calibration histograms. Default: entropy
         (TensorRT's) for int8, minmax for fp8, whose exponent holds the outliers that entropy
-        clips for INT8's even steps."""
+        clips for INT8's even steps. Not for int4 (weight-only: no activation ranges), nor are
+        percentile, per_channel, pooling, residual_add and bins."""
         percentile: Annotated[float, Field(gt=50, le=100)] = 99.99
         """The percentile calibrator's percentile of |x|."""
         per_channel: bool = True
@@ -297,10 +414,11 @@ class Quantize(Pass):
         auto: AutoOptions | None = None
         """Keep the most sensitive layers in float, as few as possible, until this passes."""
         cache: bool = True
-        """Cache ranges by model, data and settings, in the stage cache (--no-cache: none)."""
+        """Cache ranges by model, data and settings, in the stage cache (--no-cache: none).
+        int4 has no ranges: its AWQ statistics are computed on every run of the pass."""
         memory_budget: Annotated[int, Field(ge=1 << 20)] = DEFAULT_MEMORY_BUDGET
         """Bytes of activations exposed per calibration run (one sample) before tensors are
-        grouped into several runs."""
+        grouped into several runs (int4: AWQ's statistics are collected the same way)."""
         bins: Annotated[int, Field(ge=256, le=1 << 16)] = 2048
         """Histogram bins per tensor (a power of two)."""
 
@@ -316,10 +434,31 @@ class Quantize(Pass):
 
         @field_validator("op_types")
         @classmethod
-        def _ops(cls, value: list[str]) -> list[str]:
-            unknown = [op for op in value if op not in QUANTIZED_OPS]
+        def _ops(cls, value: list[str], info: ValidationInfo) -> list[str]:
+            allowed = INT4_OPS if info.data.get("dtype") == "int4" else QUANTIZED_OPS
+            unknown = [op for op in value if op not in allowed]
             if unknown:
-                raise ValueError(f"cannot quantize {unknown}; choose from {list(QUANTIZED_OPS)}")
+                raise ValueError(f"cannot quantize {unknown}; choose from {list(allowed)}")
+            return value
+
+        @field_validator("method", "block_size", "awq")
+        @classmethod
+        def _int4_only(cls, value: Any, info: ValidationInfo) -> Any:
+            dtype = info.data.get("dtype")
+            if dtype is not None and dtype != "int4":
+                raise ValueError(f"applies to dtype int4 only, not {dtype}")
+            return value
+
+        @field_validator(
+            "calibrator", "percentile", "per_channel", "pooling", "residual_add", "bins"
+        )
+        @classmethod
+        def _not_int4(cls, value: Any, info: ValidationInfo) -> Any:
+            if info.data.get("dtype") == "int4":
+                raise ValueError(
+                    "means nothing for dtype int4: it is weight-only (no activation ranges) "
+                    "with one scale per block of weights"
+                )
             return value
 
         @field_validator("bins")
@@ -332,13 +471,18 @@ class Quantize(Pass):
     def __init__(self, options: PassOptions | None = None) -> None:
         super().__init__(options)
         self.qtype = QUANTIZED_TYPES[self.options.dtype]  # type: ignore[attr-defined]
-        self._quantized_weights: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
-        """Quantized values and scales per (weight, axis), shared by the search's candidates."""
+        self._quantized_weights: dict[tuple[str, Any], tuple[np.ndarray, np.ndarray]] = {}
+        """Quantized values and scales per (weight, axis; INT4: weight, node), shared by the
+        search's candidates."""
+        self._awq: dict[str, tuple[str, np.ndarray | None, np.ndarray | None]] = {}
+        """INT4 with AWQ, per node: its activation, channel scale (or None) and block clips
+        (of the weight as [K, N])."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         options: Any = self.options
         qtype = self.qtype
         self._quantized_weights.clear()
+        self._awq.clear()
         graph.toposort()
         name_nodes(graph)
         graph = with_types(graph)
@@ -372,46 +516,13 @@ class Quantize(Pass):
             ctx.details[coverage_key] = self._coverage(macs, set())
             graph, around = self._lower_around(graph, ctx)
             return PassResult(graph, kept=around, coverage=ctx.details[coverage_key])
-
-        data = ctx.calibration
-        if data is None:
-            raise DataError("the quantize pass needs calibration data (recipe: data.calibration)")
-        if data.synthetic:
-            ctx.warnings.append(
-                "quantize: calibrated on synthetic data; ranges are not representative of real "
-                "inputs (declare data.calibration)"
-            )
-        data.first()  # names, dtypes and shapes checked before any work
-        calibrator = options.calibrator or DEFAULT_CALIBRATORS[qtype.name]
-        # The graph as ONNX Runtime runs it, its weights graph inputs fed from the graph's own
-        # arrays: a whole export would hold another copy of every weight, and the serialized
-        # model and ONNX Runtime's initializers two more.
-        reference, weights = split_graph(graph)
-        result = calibrate(
-            reference,
-            data,
-            activations,
-            calibrator=calibrator,
-            percentile=options.percentile,
-            bins=options.bins,
-            memory_budget=options.memory_budget,
-            use_cache=options.cache,
-            weights=weights,
-        )
-        del reference, weights
-        ranges = result.ranges
-        ctx.details["calibration"] = {
-            "data": data.describe(),
-            "synthetic": data.synthetic,
-            "calibrator": calibrator,
-            "cached": result.cached,
-            "feeds": result.feeds,
-            "tensors": len(activations),
-            "cache_file": str(result.cache_file) if result.cache_file else None,
-        }
-        if ctx.artifacts_dir is not None and qtype is INT8:
-            # TensorRT's INT8 calibration cache (scales amax / 127); FP8 has no such file.
-            (ctx.artifacts_dir / "calibration.cache").write_text(tensorrt_cache(ranges))
+        if qtype is INT4:
+            ranges: dict[str, float] = {}
+            self._int4_details(plan, ctx)
+            if options.method == "awq":
+                self._search_awq(graph, plan, ctx)
+        else:
+            ranges = self._calibrate(graph, activations, ctx)
 
         kept: list[dict] = []
         excluded: set[str] = set()
@@ -461,6 +572,127 @@ class Quantize(Pass):
         # may not run before the caller exports the graph: another copy of the weights.
         gc.collect()
         return PassResult(graph, kept=reported + around, coverage=quantized)
+
+    def _data(self, ctx: PassContext) -> DataSet:
+        """The calibration data, checked before any work."""
+        data = ctx.calibration
+        if data is None:
+            raise DataError("the quantize pass needs calibration data (recipe: data.calibration)")
+        if data.synthetic:
+            ctx.warnings.append(
+                "quantize: calibrated on synthetic data; ranges are not representative of real "
+                "inputs (declare data.calibration)"
+            )
+        data.first()  # names, dtypes and shapes checked before any work
+        return data
+
+    def _calibrate(
+        self, graph: gs.Graph, activations: list[str], ctx: PassContext
+    ) -> dict[str, float]:
+        """Activation ranges (amax) by tensor, calibrated on ``ctx.calibration``."""
+        options: Any = self.options
+        data = self._data(ctx)
+        calibrator = options.calibrator or DEFAULT_CALIBRATORS[self.qtype.name]
+        # The graph as ONNX Runtime runs it, its weights graph inputs fed from the graph's own
+        # arrays: a whole export would hold another copy of every weight, and the serialized
+        # model and ONNX Runtime's initializers two more.
+        reference, weights = split_graph(graph)
+        result = calibrate(
+            reference,
+            data,
+            activations,
+            calibrator=calibrator,
+            percentile=options.percentile,
+            bins=options.bins,
+            memory_budget=options.memory_budget,
+            use_cache=options.cache,
+            weights=weights,
+        )
+        del reference, weights
+        ctx.details["calibration"] = {
+            "data": data.describe(),
+            "synthetic": data.synthetic,
+            "calibrator": calibrator,
+            "cached": result.cached,
+            "feeds": result.feeds,
+            "tensors": len(activations),
+            "cache_file": str(result.cache_file) if result.cache_file else None,
+        }
+        if ctx.artifacts_dir is not None and self.qtype is INT8:
+            # TensorRT's INT8 calibration cache (scales amax / 127); FP8 has no such file.
+            (ctx.artifacts_dir / "calibration.cache").write_text(tensorrt_cache(result.ranges))
+        return result.ranges
+
+    def _int4_details(self, plan: Plan, ctx: PassContext) -> None:
+        """What the report says of an INT4 run: the method, the block size, and the layers
+        that took another block size."""
+        options: Any = self.options
+        ctx.details["int4"] = {
+            "method": options.method,
+            "block_size": options.block_size,
+            "block_sizes": {
+                s.node: s.block_size for s in plan.sites if s.block_size != options.block_size
+            },
+        }
+
+    def _search_awq(self, graph: gs.Graph, plan: Plan, ctx: PassContext) -> None:
+        """AWQ's channel scales and block clips for every group of INT4 products that read
+        one activation as rows [.., K] (a Gemm with transA reads it transposed: rounded to
+        nearest), from statistics streamed over the calibration data (``awq.Statistics``)."""
+        options: Any = self.options
+        nodes = {n.name: n for n in graph.nodes}
+        groups: dict[str, list[Site]] = {}
+        for site in plan.sites:
+            node = nodes[site.node]
+            if not int(node.attrs.get("transA", 0)):
+                groups.setdefault(node.inputs[0].name, []).append(site)
+        if not groups:
+            return
+        data = self._data(ctx)
+        tensors = graph.tensors()
+
+        def rows(site: Site) -> np.ndarray:  # the weight as [K, N]
+            values = np.asarray(constant_value(tensors[site.tensor]), np.float32)
+            return values if site.weight_axis == 0 else values.T
+
+        stats = {
+            name: awq.Statistics.empty(rows(sites[0]).shape[0]) for name, sites in groups.items()
+        }
+        reference, weights = split_graph(graph)
+        feeds = collect(
+            reference,
+            data,
+            sorted(groups),
+            lambda name, array: stats[name].add(array),
+            memory_budget=options.memory_budget,
+            weights=weights,
+        )
+        del reference, weights
+        found = {}
+        for name, sites in groups.items():
+            choice = awq.search(
+                [rows(site) for site in sites],
+                stats[name],
+                sites[0].block_size or options.block_size,
+                scale=options.awq.scale,
+                clip=options.awq.clip,
+                steps=options.awq.steps,
+                clip_min=options.awq.clip_min,
+            )
+            for site, clips in zip(sites, choice.clips):  # clips of the weight as [K, N]
+                self._awq[site.node] = (name, choice.scale, clips)
+            found[name] = {
+                "nodes": [site.node for site in sites],
+                "alpha": choice.alpha,
+                "error": choice.error,
+                "rtn_error": choice.rtn_error,
+            }
+        ctx.details["int4"]["awq"] = {
+            "data": data.describe(),
+            "synthetic": data.synthetic,
+            "feeds": feeds,
+            "activations": found,
+        }
 
     def _raise_opset(self, graph: gs.Graph) -> tuple[gs.Graph | None, dict | str | None]:
         """The graph at the opset its Q/DQ need (``raise_for``; None for how when it already
@@ -536,12 +768,22 @@ class Quantize(Pass):
                 node, options.exclude.op_types, options.exclude.nodes
             ):
                 skipped.add(node.name)
-        rules = FP8_RULES if self.qtype is FP8 else ()
+        rules = {FP8: FP8_RULES, INT4: INT4_RULES}.get(self.qtype, ())
+        ops = [op for op in options.op_types if self.qtype is not INT4 or op in INT4_OPS]
         quantized: set[str] = set()
         for node in graph.nodes:
-            if node.name in skipped or node.op not in options.op_types:
+            if node.name in skipped or node.op not in ops:
                 continue
             why = refusal(node, rules)
+            if not why and self.qtype is INT4:
+                site, why = self._int4_site(node)
+                if site:
+                    plan.sites.append(site)
+                    plan.units.append(node.name)
+                    plan.reasons[node.name] = (
+                        f"{node.op}: weight (INT4 blocks of {site.block_size})"
+                    )
+                    continue
             if why:
                 plan.skipped[node.name] = why
                 continue
@@ -551,7 +793,7 @@ class Quantize(Pass):
                 plan.units.append(node.name)
                 quantized.add(node.name)
                 plan.reasons[node.name] = f"{node.op}: data and weight inputs"
-        for node in graph.nodes:
+        for node in graph.nodes if self.qtype is not INT4 else ():
             if node.name in skipped:
                 continue
             if options.pooling and node.op in POOLING_OPS:
@@ -617,6 +859,26 @@ class Quantize(Pass):
             sites.append(Site(node.name, slot, tensor.name, weight_axis, constant))
         return sites
 
+    def _int4_site(self, node: gs.Node) -> tuple[Site | None, str | None]:
+        """Rule: an INT4 weight is blocked along K, the reduction axis, so that every scale
+        multiplies one partial dot product (ModelOpt's and TensorRT's WoQ layout): axis 0 of
+        B [K, N], axis 1 of a Gemm's transposed B [N, K]. The block must split K into whole
+        blocks as TensorRT reads them (``blockwise.fitting_block``), else the node stays
+        float (rule ``int4-block``)."""
+        options: Any = self.options
+        weight = weight_of(node)
+        assert weight is not None  # INT4_RULES refused the rest
+        axis = 1 if node.op == "Gemm" and int(node.attrs.get("transB", 0)) else 0
+        length = int(weight.shape[axis])
+        size = blockwise.fitting_block(length, options.block_size, MIN_INT4_BLOCK)
+        if size is None:
+            return None, (
+                f"int4-block: K={length} is not a multiple of {options.block_size} and has "
+                f"no divisor in [{MIN_INT4_BLOCK}, {options.block_size}] (TensorRT reads whole "
+                "blocks only)"
+            )
+        return Site(node.name, 1, node.inputs[1].name, axis, True, size), None
+
     def _pooling_site(self, node: gs.Node, quantized: set[str]) -> Site | None:
         """Rule: quantize a pooling op's input when its output feeds a quantized op, so the
         INT8 region runs through it (TensorRT propagates Q/DQ across commuting ops like
@@ -673,7 +935,7 @@ class Quantize(Pass):
         tensor (one Q and one DQ per tensor, TensorRT's recommended form: the Q fuses into the
         producer, the DQ into each consumer). Weights are stored in the quantized type behind a
         DequantizeLinear (no QuantizeLinear on constants, as TensorRT and ModelOpt store them),
-        per channel along the output-channel axis.
+        per channel along the output-channel axis. INT4 weights are blocked (``_int4_weight``).
         """
         qtype = self.qtype
         nodes = {n.name: n for n in graph.nodes}
@@ -684,6 +946,9 @@ class Quantize(Pass):
             if site.node in keep:
                 continue
             node, tensor = nodes[site.node], tensors[site.tensor]
+            if qtype is INT4:
+                self._int4_weight(graph, node, tensor, site, dequantized)
+                continue
             if site.constant:
                 replacement = dequantized.get(site.tensor) or self._weight(graph, tensor, site)
             else:
@@ -695,6 +960,71 @@ class Quantize(Pass):
             node.inputs[site.slot] = replacement
         graph.cleanup().toposort()
         return graph
+
+    def _int4_weight(
+        self,
+        graph: gs.Graph,
+        node: gs.Node,
+        tensor: gs.Tensor,
+        site: Site,
+        dequantized: dict[str, gs.Variable],
+    ) -> None:
+        """Rule: a weight becomes INT4 blocks behind a DequantizeLinear (``axis`` K,
+        ``block_size``, no zero point: symmetric, as ModelOpt writes it), its scales and output
+        in the weight's float type; no Q/DQ on the activation (weight-only). With AWQ, the
+        weight's rows are multiplied by the channel scale before rounding and the activation
+        is divided by it, one Mul shared by the products that read it."""
+        activation, channel, clips = self._awq.get(site.node, ("", None, None))
+        key = (site.tensor, site.node)
+        if key not in self._quantized_weights:
+            original = constant_value(tensor)
+            assert original is not None  # INT4_RULES placed constant weights only
+            values = np.asarray(original, np.float32)
+            rows = values if site.weight_axis == 0 else values.T  # [K, N]
+            if channel is not None:
+                rows = rows * channel[:, None]
+            quantized, scale = blockwise.quantize(
+                rows, 0, site.block_size or 0, original.dtype, clips
+            )
+            if site.weight_axis == 1:
+                quantized = np.ascontiguousarray(quantized.T).view(blockwise.Int4Array)
+                scale = np.ascontiguousarray(scale.T)
+            self._quantized_weights[key] = (quantized, scale)
+        quantized, scale = self._quantized_weights[key]
+        name = f"{tensor.name}_{site.node}" if channel is not None else tensor.name
+        out = dequantized.get(name)
+        if out is None:
+            out = gs.Variable(f"{name}_dequantized", dtype=scale.dtype, shape=list(quantized.shape))
+            graph.nodes.append(
+                gs.Node(
+                    "DequantizeLinear",
+                    f"{name}_DequantizeLinear",
+                    {"axis": site.weight_axis, "block_size": site.block_size},
+                    inputs=[
+                        gs.Constant(f"{name}_quantized", quantized),
+                        gs.Constant(f"{name}_scale", scale),
+                    ],
+                    outputs=[out],
+                )
+            )
+            dequantized[name] = out
+        node.inputs[site.slot] = out
+        if channel is not None:
+            scaled = dequantized.get(f"{activation} (awq)")
+            if scaled is None:
+                source = node.inputs[0]
+                scaled = gs.Variable(f"{activation}_awq", dtype=source.dtype, shape=source.shape)
+                inverse = (1.0 / channel).astype(source.dtype or np.float32)
+                graph.nodes.append(
+                    gs.Node(
+                        "Mul",
+                        f"{activation}_awq_Mul",
+                        inputs=[source, gs.Constant(f"{activation}_awq_scale", inverse)],
+                        outputs=[scaled],
+                    )
+                )
+                dequantized[f"{activation} (awq)"] = scaled
+            node.inputs[0] = scaled
 
     def _weight(self, graph: gs.Graph, tensor: gs.Constant, site: Site) -> gs.Variable:
         # The automatic search applies the plan to a fresh copy of the graph for every
