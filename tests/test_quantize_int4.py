@@ -170,6 +170,21 @@ def test_awq_scales_the_activation_and_never_errs_more_than_rtn_on_its_data(tmp_
     assert np.isfinite(ort_run(model, [case_data(source).first()])[0][0]).all()
 
 
+def test_the_automatic_search_keeps_int4_layers_in_float_until_the_gate_passes(tmp_path):
+    source = cases()
+    rng = np.random.default_rng(5)
+    validation = [{"x": rng.standard_normal((4, 64)).astype(np.float32)} for _ in range(4)]
+    ctx = PassContext(scratch_dir=tmp_path, calibration=case_data(source), validation=validation)
+    options = {"dtype": "int4", "block_size": 32, "auto": {"metric": "cosine", "min": 0.9999}}
+    graph = Quantize(Quantize.Options.model_validate(options)).run(gs.import_onnx(source), ctx)
+    model = gs.export_onnx(graph.graph)
+    onnx.checker.check_model(model, full_check=True)
+    kept = {k["node"] for k in ctx.details["excluded_nodes"]}
+    assert ctx.details["auto"]["value"] >= 0.9999 and kept
+    assert ctx.details["quantized_nodes"] + len(kept) == 4
+    assert not kept & set(dequantized(model))
+
+
 def test_int4_fp16_weights_get_fp16_scales(tmp_path):
     """Scales (and the DequantizeLinear's output) take the weight's float type."""
     half = onnx.version_converter.convert_version(cases(), 21)

@@ -364,7 +364,8 @@ class Plan:
 
 @register_pass("quantize")
 class Quantize(Pass):
-    """Calibrate and insert INT8 or FP8 Quantize/DequantizeLinear where TensorRT fuses them."""
+    """Calibrate and insert INT8 or FP8 Quantize/DequantizeLinear where TensorRT fuses them,
+    or store MatMul/Gemm weights as block-wise INT4 (weight-only)."""
 
     exact = False  # its numbers move on purpose; the check's thresholds judge them
 
@@ -377,9 +378,9 @@ class Quantize(Pass):
         amax / 7) and raises the opset to 21. fp8 and int4 leave in float what TensorRT cannot
         run in that type (details.skipped names each node and why)."""
         method: Literal["awq", "rtn"] = "awq"
-        """int4 only: awq (activation-aware: a channel scale and block clip ratios chosen on
-        the calibration data, never worse than rtn on it) or rtn (each block rounded to
-        nearest; needs no data)."""
+        """int4 only: awq (activation-aware: each block's clip ratio, and with ``awq.scale`` a
+        channel scale, chosen on the calibration data; never worse than rtn on it) or rtn
+        (each block rounded to nearest; needs no data)."""
         block_size: Literal[32, 64, 128] = 128
         """int4 only: weights per scale along K. A layer whose K it does not divide uses the
         largest block below it that does (TensorRT reads whole blocks only: a partial last
@@ -509,6 +510,9 @@ class Quantize(Pass):
         if qtype is not INT8:
             ctx.details["skipped"] = plan.skipped
         macs = layer_macs(graph)
+        if qtype is INT4:  # weight-only GEMMs: convolutions are not INT4's to take
+            ops = {n.name: n.op for n in graph.nodes}
+            macs = {name: count for name, count in macs.items() if ops[name] in INT4_OPS}
         activations = sorted({s.tensor for s in plan.sites if not s.constant})
         coverage_key = f"{qtype.name}_coverage"
         if not plan.sites:
