@@ -3,8 +3,10 @@ its defaults, and the one implementation that the check and the automatic search
 
 Polygraphy's compare functions compute the error statistics (max, mean and quantile of the
 absolute error; the relative error is Polygraphy's, ``|reference - candidate| / |candidate|``),
-cosine similarity, SNR and PSNR per sample; trtopt adds top-1 and top-k agreement for class
-scores with numpy (Polygraphy has no agreement *rate*) and takes the worst sample.
+cosine similarity and PSNR per sample; SNR is Polygraphy's definition computed here
+(``snr_db``), without its per-comparison logging, because the local error measure takes it
+of every layer on every sample; trtopt adds top-1 and top-k agreement for class scores with
+numpy (Polygraphy has no agreement *rate*) and takes the worst sample.
 """
 
 from __future__ import annotations
@@ -71,7 +73,6 @@ def measure(
         PsnrCompareFunc,
         RunResults,
         SimpleCompareFunc,
-        SnrCompareFunc,
     )
 
     from .quiet import quiet_polygraphy
@@ -83,7 +84,7 @@ def measure(
         name: "missing from the artifact's outputs" for name in ref[0] if name not in present
     }
     # Polygraphy's "quantile" check with infinite tolerances records every statistic (max, mean
-    # and the quantile) without judging; SNR/PSNR with -inf thresholds likewise.
+    # and the quantile) without judging; PSNR with a -inf threshold likewise.
     run_results = RunResults(
         [
             ("reference", [IterationResult({n: r[n] for n in present}) for r in ref]),
@@ -101,11 +102,10 @@ def measure(
                     error_quantile=quantile,
                 ),
                 CosineSimilarityCompareFunc(),
-                SnrCompareFunc(snr_threshold=-math.inf),
                 PsnrCompareFunc(psnr_threshold=-math.inf),
             ],
         )
-    stats, cosines, snrs, psnrs = (next(iter(per_pair.values())) for per_pair in compared)
+    stats, cosines, psnrs = (next(iter(per_pair.values())) for per_pair in compared)
     for name in present:
         per_sample = [s[name] for s in stats]
         shapes = {(r[name].shape, c[name].shape) for r, c in zip(ref, got)}
@@ -122,7 +122,7 @@ def measure(
             "max_rel": max(s.max_reldiff for s in per_sample),
             "quantile_abs": max(s.quantile_absdiff for s in per_sample),
             "cosine": min(c[name].cosine_similarity for c in cosines),
-            "snr_db": _db(min(r[name].snr for r in snrs)),
+            "snr_db": _db(min(snr_db(r[name], c[name]) for r, c in zip(ref, got))),
             "psnr_db": _db(min(r[name].psnr for r in psnrs)),
             "top1": top1_agreement(reference, candidate, name) if scores else None,
             "topk": topk_agreement(reference, candidate, name, k) if scores else None,
@@ -152,6 +152,29 @@ def passes(metric: str, value: float, limit: float) -> bool:
     if math.isnan(value):
         return False
     return value >= limit if HIGHER_IS_BETTER[metric] else value <= limit
+
+
+def snr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-noise ratio of ``candidate`` against ``reference`` in dB (Polygraphy's
+    SnrCompareFunc: 10 log10(mean(reference**2) / mean((reference - candidate)**2))): inf when
+    they are equal, -inf when the reference is all zero and the candidate is not, NaN when
+    either holds a NaN. FP32 arrays are summed in FP32 (BLAS; float64 where a sum overflows):
+    the local error measure takes it of every layer on every sample."""
+    ref = np.asarray(reference).ravel()
+    cand = np.asarray(candidate).ravel()
+    wide = ref.dtype != np.float32 or cand.dtype not in (np.float32, np.float16)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for dtype in (np.float64,) if wide else (np.float32, np.float64):
+            values = ref.astype(dtype, copy=False)
+            noise = values - cand.astype(dtype, copy=False)
+            noise_power, signal_power = float(noise @ noise), float(values @ values)
+            if math.isfinite(noise_power) and math.isfinite(signal_power):
+                break
+        if noise_power == 0:
+            return math.inf
+        if signal_power == 0:
+            return -math.inf
+        return float(10 * np.log10(signal_power / noise_power))
 
 
 def _db(value: float) -> float:
