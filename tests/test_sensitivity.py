@@ -1,7 +1,8 @@
 """The automatic sensitivity search finds the layers to keep in higher precision with few
-judgements: each layer alone on small graphs, group testing on large ones, within a time
-budget. A judge that knows the culprits stands in for ONNX Runtime, so the number of
-judgements is exact; test_precision.py and test_quantize.py run the search on real graphs."""
+judgements: each layer alone on small graphs, group testing on large ones, the worst local
+error first when layers are ranked, within a time budget. A judge that knows the culprits
+stands in for ONNX Runtime, so the number of judgements is exact; test_precision.py,
+test_quantize.py and test_local_error.py run the search on real graphs."""
 
 from __future__ import annotations
 
@@ -21,9 +22,12 @@ class KnownCulprits:
         self.culprits = culprits
         self.options = AutoOptions(metric="max_abs", max=limit)
         self.evaluations = 0
+        self.judged: list[set[str]] = []
+        """What was lowered in each judgement, in order."""
 
     def __call__(self, lowered: set[str]) -> tuple[float, float]:
         self.evaluations += 1
+        self.judged.append(lowered)
         value = len(lowered & self.culprits) + 0.001 * len(lowered - self.culprits)
         return value, 1.0 - value
 
@@ -75,3 +79,49 @@ def test_a_limit_not_even_float_reaches_keeps_every_layer_and_says_so():
     result = search(NAMES, lowering, judge)
     assert not result.reached and {k["node"] for k in result.kept} == set(NAMES)
     assert judge.evaluations == 2  # every layer lowered, then every layer kept
+
+
+def ranked(*first: str) -> dict[str, float]:
+    """Local errors that rank ``first`` worst, in that order; every other layer at FP16's own
+    rounding (70 dB), one unmeasured (NaN)."""
+    ranking = {name: 70.0 for name in NAMES}
+    ranking.update({name: -30.0 + index for index, name in enumerate(first)})
+    ranking["layer299"] = math.nan
+    return ranking
+
+
+def test_ranked_search_judges_the_worst_local_error_first():
+    judge = KnownCulprits({"layer17"})
+    result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
+    assert [k["node"] for k in result.kept] == ["layer17"] and result.reached
+    # Every layer lowered, then all but the worst: that passes; then its effect alone.
+    assert judge.judged[1] == set(NAMES) - {"layer17"}
+    assert judge.evaluations == 3
+    assert result.kept[0]["local_snr_db"] == -30.0
+
+
+def test_ranked_search_finds_culprits_ranked_low_and_drops_benign_suspects():
+    """Culprits ranked 1st and 3rd (a benign layer between them), the third ranked 4th or
+    54th: the smallest passing prefix holds benign suspects, lowered again afterwards. Even
+    ranked far down, the culprits cost fewer judgements than group testing in graph order."""
+    culprits = {"layer5", "layer9", "layer250"}
+    unranked = KnownCulprits(culprits)
+    search(NAMES, lowering, unranked)
+    for order in (
+        ["layer5", "layer100", "layer9", "layer250"],
+        ["layer5", "layer100", "layer9", *(f"layer{i}" for i in range(200, 251))],
+    ):
+        judge = KnownCulprits(culprits)
+        result = search(NAMES, lowering, judge, ranking=ranked(*order))
+        assert {k["node"] for k in result.kept} == culprits and result.reached
+        assert judge.evaluations < unranked.evaluations
+
+
+def test_ranked_search_out_of_time_or_out_of_reach_keeps_everything():
+    judge = KnownCulprits({"layer17"})
+    judge.options = AutoOptions(metric="max_abs", max=0.5, max_minutes=0)
+    result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
+    assert result.out_of_time and not result.reached and len(result.kept) == len(NAMES)
+    judge = FloatFails(set())
+    result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
+    assert not result.reached and not result.out_of_time and len(result.kept) == len(NAMES)

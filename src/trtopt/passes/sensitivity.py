@@ -20,6 +20,15 @@ is halved, and a single layer that breaks it is kept. When few layers are the tr
 usual case: one BatchNormalization with a huge variance, a softmax input), that takes about
 2 k log2(N / k) judgements for k kept layers of N.
 
+Given a *ranking* (each layer's local error, ``local_error``: one streaming pass measures
+every layer alone on its own inputs), the suspects are judged worst first, whatever N:
+
+1. the k worst are kept for k = 1, 2, 4, ... until the metric passes, and the smallest such
+   k is found by bisection; a culprit ranked r costs about 2 log2(r) judgements (one when it
+   ranks first);
+2. of those k, all but the last needed are lowered again by group testing, least suspicious
+   first, so a benign layer ranked among the culprits is not kept.
+
 Every judgement runs the candidate graph on ONNX Runtime CPU over the validation feeds and
 compares it with the pass's input graph (the reference) the way the accuracy check does.
 """
@@ -192,13 +201,17 @@ def search(
     candidates: Sequence[str],
     build: Callable[[set[str]], Candidate],
     judge: Judge,
+    ranking: Mapping[str, float] | None = None,
 ) -> SearchResult:
-    """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes."""
+    """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes.
+
+    ``ranking``: each candidate's local error as an SQNR in dB (lower is worse; NaN where not
+    measured, judged last): the suspects are then judged worst first (the module docstring)."""
     options = judge.options
     start = time.perf_counter()
     budget = None if options.max_minutes is None else options.max_minutes * 60.0
     with progress.bar("quantize.auto search", len(candidates) + 1, "graph") as shown:
-        result = _search(candidates, build, judge, shown, budget, start)
+        result = _search(candidates, build, judge, shown, budget, start, ranking)
     if result.out_of_time:
         log.warning("auto: the time budget ran out; keeping the best set found")
     return result
@@ -211,6 +224,7 @@ def _search(
     shown: Any,
     budget: float | None,
     start: float,
+    ranking: Mapping[str, float] | None,
 ) -> SearchResult:
     options = judge.options
     out_of_time = False
@@ -235,6 +249,10 @@ def _search(
             everything,
             judge.evaluations,
             time.perf_counter() - start,
+        )
+    if ranking is not None:
+        return _ranked_search(
+            candidates, ranking, judged, options, everything, time_left, start, judge
         )
     if len(candidates) > EACH_LIMIT:
         return _group_search(candidates, judged, options, everything, time_left, start, judge)
@@ -305,21 +323,117 @@ def _group_search(
         return SearchResult(listed, False, final, everything, judge.evaluations, seconds)
     half = len(candidates) // 2
     groups = [list(candidates[half:]), list(candidates[:half])]  # all at once already failed
-    while groups and time_left():
-        group = groups.pop()
-        value, _ = judged(kept - set(group))
-        if options.passes(value):
-            kept -= set(group)
-            final = value
-        elif len(group) > 1:
-            half = len(group) // 2
-            groups += [group[half:], group[:half]]
-    listed = []
-    for name in (n for n in candidates if n in kept):  # graph order
-        # Each kept layer's effect alone, for the report (not measured once time ran out).
-        alone = judged(set(candidates) - {name})[0] if time_left() else float("nan")
-        listed.append({"node": name, "effect": options.effect(alone), "value_alone": alone})
+    kept, final = _lower_groups(kept, final, groups, judged, options, time_left)
+    listed = _alone(candidates, kept, judged, options, time_left)
     seconds = time.perf_counter() - start
     return SearchResult(
         listed, True, final, everything, judge.evaluations, seconds, not time_left()
     )
+
+
+def _ranked_search(
+    candidates: Sequence[str],
+    ranking: Mapping[str, float],
+    judged: Callable[[set[str]], tuple[float, float]],
+    options: AutoOptions,
+    everything: float,
+    time_left: Callable[[], bool],
+    start: float,
+    judge: Judge,
+) -> SearchResult:
+    """The worst-ranked prefix that passes, then its benign members lowered again (the
+    module docstring)."""
+    position = {name: index for index, name in enumerate(candidates)}
+
+    def suspicion(name: str) -> tuple[bool, float, int]:
+        local = ranking.get(name, float("nan"))
+        return (np.isnan(local), local, position[name])  # unmeasured last; then graph order
+
+    order = sorted(candidates, key=suspicion)
+    failed, size, final = 0, 1, float("nan")
+    while True:  # keep the 1, 2, 4, ... worst until the metric passes
+        if not time_left():  # nothing passed yet: every candidate stays, not judged
+            return _every_one_kept(order, float("nan"), everything, judge, start, True)
+        value, _ = judged(set(order[:size]))
+        if options.passes(value):
+            final = value
+            break
+        if size == len(order):  # not even every candidate kept passes
+            return _every_one_kept(order, value, everything, judge, start, False)
+        failed, size = size, min(2 * size, len(order))
+    low = failed + 1
+    while low < size and time_left():  # the smallest passing prefix, by bisection
+        middle = (low + size) // 2
+        value, _ = judged(set(order[:middle]))
+        if options.passes(value):
+            size, final = middle, value
+        else:
+            low = middle + 1
+    kept = set(order[:size])
+    # The last of the prefix is needed; the others are lowered again where the metric allows,
+    # least suspicious first.
+    benign_first = order[: size - 1][::-1]
+    kept, final = _lower_groups(kept, final, [benign_first], judged, options, time_left)
+    listed = _alone(order, kept, judged, options, time_left)
+    for item in listed:
+        item["local_snr_db"] = ranking.get(item["node"], float("nan"))
+    seconds = time.perf_counter() - start
+    return SearchResult(
+        listed, True, final, everything, judge.evaluations, seconds, not time_left()
+    )
+
+
+def _every_one_kept(
+    order: Sequence[str],
+    value: float,
+    everything: float,
+    judge: Judge,
+    start: float,
+    out_of_time: bool,
+) -> SearchResult:
+    """Every candidate kept, none measured alone: not even that passes (``value``), or time
+    ran out before any kept set passed (``value`` NaN: not judged)."""
+    nan = float("nan")
+    unmeasured = {"effect": judge.options.effect(nan), "value_alone": nan}
+    listed = [{"node": name, **unmeasured} for name in order]
+    seconds = time.perf_counter() - start
+    return SearchResult(listed, False, value, everything, judge.evaluations, seconds, out_of_time)
+
+
+def _lower_groups(
+    kept: set[str],
+    final: float,
+    groups: list[list[str]],
+    judged: Callable[[set[str]], tuple[float, float]],
+    options: AutoOptions,
+    time_left: Callable[[], bool],
+) -> tuple[set[str], float]:
+    """Group testing: each group (the last first) is lowered on top of what is already
+    lowered; one that breaks the metric is halved, a single layer that does stays kept."""
+    groups = [g for g in groups if g]
+    while groups and time_left():
+        group = groups.pop()
+        value, _ = judged(kept - set(group))
+        if options.passes(value):
+            kept = kept - set(group)
+            final = value
+        elif len(group) > 1:
+            half = len(group) // 2
+            groups += [group[half:], group[:half]]
+    return kept, final
+
+
+def _alone(
+    order: Sequence[str],
+    kept: set[str],
+    judged: Callable[[set[str]], tuple[float, float]],
+    options: AutoOptions,
+    time_left: Callable[[], bool],
+) -> list[dict]:
+    """Each kept layer (in ``order``) with its effect alone, for the report (not measured once
+    time ran out)."""
+    listed = []
+    for name in (n for n in order if n in kept):
+        alone = judged(set(order) - {name})[0] if time_left() else float("nan")
+        listed.append({"node": name, "effect": options.effect(alone), "value_alone": alone})
+    return listed
