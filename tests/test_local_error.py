@@ -19,7 +19,7 @@ from test_public_models import public_models  # noqa: F401  (the fixture: pretra
 from text_pages import flipped, text_page
 from trtopt import feeds
 from trtopt.calibration import DataSet, DataSource
-from trtopt.passes import PassContext
+from trtopt.passes import PassContext, local_error
 from trtopt.passes.graph_tools import with_types
 from trtopt.passes.local_error import local_snr
 from trtopt.passes.precision import Precision
@@ -92,6 +92,40 @@ def test_the_plain_fp16_pass_keeps_what_only_the_local_error_shows(tmp_path):
             assert np.abs(ort_run(lowered, feed)[0][0] - expected).max() < 1e-3
         else:
             assert "cancel" not in reasons and cancel.input[0] == "x_fp16"
+
+
+def test_local_snr_within_a_small_memory_budget_measures_the_same_in_more_runs(monkeypatch):
+    """A chain of layers whose activations (1.2 MB each) pass the budget: the layers are
+    measured in several runs over the data, each holding a few of them, with the same result."""
+    size, count = 300_000, 6
+    nodes = [
+        helper.make_node("Mul", [f"t{i}", "scale"], [f"t{i + 1}"], name=f"mul{i}")
+        for i in range(count)
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("t0", T.FLOAT, [1, size])],
+        [helper.make_tensor_value_info(f"t{count}", T.FLOAT, [1, size])],
+        [numpy_helper.from_array(np.array([1.7], np.float32), "scale")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    typed = with_types(gs.import_onnx(model))
+    lower = Precision(Precision.Options(io="convert")).lower
+    runs = []
+    counted = local_error.collect
+
+    def counting(*args, **kwargs):
+        runs.append(args[2])  # the tensors of one run
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(local_error, "collect", counting)
+    data = synthetic(model, -1.0, 1.0)
+    whole = local_snr(typed, typed.nodes, lower, data, samples=2)
+    assert len(runs) == 1
+    bounded = local_snr(typed, typed.nodes, lower, data, samples=2, memory_budget=3 * 4 * size)
+    assert len(runs) > 3 and max(len(tensors) for tensors in runs[1:]) <= 4
+    assert bounded == whole and min(whole.values()) > 60
 
 
 # -- PaddleOCR's PP-OCRv4 detector, pretrained ----------------------------------------------
