@@ -15,10 +15,14 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-import numpy as np
+from .lazy import lazy_import
 
 if TYPE_CHECKING:  # the recipe reads this module's names; feeds.py loads ONNX and Polygraphy
+    import numpy as np
+
     from .feeds import Feed
+else:
+    np = lazy_import("numpy", globals())  # and NumPy only when measuring
 
 DEFAULT_QUANTILE = 0.99
 """The error quantile ``quantile_abs`` measures unless the recipe says otherwise (p99)."""

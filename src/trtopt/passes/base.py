@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import onnx_graphsurgeon as gs
 from pydantic import BaseModel, ConfigDict
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: validating a recipe's options loads no graph library
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
     from ..calibration import DataSet
 
 
@@ -67,6 +68,10 @@ class Pass:
     :class:`PassResult`. A pass that only rewrites constant values in place must say
     ``modified=True`` or give the tensor a new name, so that change detection (structure,
     not bytes) sees it. What the report should show about the pass goes in ``ctx.details``.
+
+    ``trtopt validate`` imports a pass's module to check a recipe's options: its top level
+    imports what ``Options`` needs (pydantic), graph libraries lazily (:mod:`trtopt.lazy`),
+    and ``run`` imports the graph code it calls.
     """
 
     name: ClassVar[str] = ""

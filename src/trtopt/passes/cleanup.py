@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
 
+from ..lazy import lazy_import
 from .base import Pass, PassContext, PassOptions
-from .graph_clean import prune, sort
 from .registry import register_pass
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+else:
+    gs = lazy_import("onnx_graphsurgeon", globals())
 
 
 def _is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
@@ -67,6 +72,8 @@ class Cleanup(Pass):
         """Also remove graph inputs that nothing reads (changes the model's signature)."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        from .graph_clean import prune, sort  # graph code loads when a pass runs (Pass)
+
         for node in list(graph.nodes):
             if node.op == "Identity" and self.options.remove_identity:
                 bypass(graph, node)

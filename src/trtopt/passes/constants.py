@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
+
 from pydantic import ByteSize
 
 from .base import Pass, PassContext, PassOptions
-from .folding import fold, fold_shapes
-from .graph_clean import prune
-from .graph_shapes import computed_shapes
 from .registry import register_pass
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 MAX_ROUNDS = 4
 
@@ -28,6 +29,9 @@ class FoldConstants(Pass):
         them wrong)."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        from .folding import fold  # graph code loads when a pass runs (Pass)
+        from .graph_clean import prune
+
         self._fold_shapes(graph)
         for _ in range(MAX_ROUNDS):
             if not fold(graph, self.options.size_threshold):
@@ -44,5 +48,8 @@ class FoldConstants(Pass):
         is static here only if every valid run has it. No Shape node: no inference."""
         if not self.options.fold_shapes or not any(n.op == "Shape" for n in graph.nodes):
             return 0
+        from .folding import fold_shapes
+        from .graph_shapes import computed_shapes
+
         shapes, _ = computed_shapes(graph, symbolic=False)
         return fold_shapes(graph, shapes)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
 
+from ..lazy import lazy_import
 from .base import Pass, PassContext, PassOptions
-from .graph_shapes import computed_shapes
 from .registry import register_pass
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+else:
+    gs = lazy_import("onnx_graphsurgeon", globals())
 
 
 @register_pass("infer-shapes")
@@ -21,6 +26,8 @@ class InferShapes(Pass):
         check then rolls back."""
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        from .graph_shapes import computed_shapes  # graph code loads when a pass runs (Pass)
+
         # Inference sees the weights as typed inputs (graph_shapes), never their bytes, so a
         # model of any size costs no copy of them. Where it cannot tell a tensor's shape (an op
         # of a domain with no shape function), the declared one stays: inference is an aid,

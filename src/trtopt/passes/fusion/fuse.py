@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import onnx_graphsurgeon as gs
 from pydantic import field_validator
 
 from ...errors import did_you_mean
 from ..base import Pass, PassContext, PassOptions
-from ..graph_memo import memo
-from ..graph_shapes import invalidate_shapes
 from ..registry import get_pass, register_pass
 from . import CATALOGUE
-from .simplify_shapes import fold_small_constants
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 MAX_ROUNDS = 4
 
@@ -77,6 +76,10 @@ class Fuse(Pass):
         return passes
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> gs.Graph:
+        from ..graph_memo import memo  # graph code loads when a pass runs (Pass)
+        from ..graph_shapes import invalidate_shapes
+        from .simplify_shapes import fold_small_constants
+
         members = self.members()
         self.rewrites = 0
         invalidate_shapes(graph)
