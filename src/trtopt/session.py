@@ -37,7 +37,7 @@ class Reference:
         loader = session_loader(model_path, **(options or {}))
         try:  # a model ONNX Runtime refuses (an opset, op or domain it lacks) is the user's
             session = loader()
-        except ort_backend.LOAD_ERRORS as error:
+        except ort_backend.load_errors() as error:
             model = onnx.load(str(model_path), load_external_data=False)
             raise ModelError(ort_backend.why_refused(model, error), str(model_path)) from None
         self.feeds = data

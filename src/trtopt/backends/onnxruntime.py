@@ -19,15 +19,20 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
-import onnxruntime as ort
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
 from ..errors import BuildError
+from ..lazy import lazy_import
 from .base import BuildResult
 from .tensorrt import BackendOptionError
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+else:
+    ort = lazy_import("onnxruntime", globals())  # a compile served from the cache runs no session
 
 PROVIDER_NAMES = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -52,11 +57,12 @@ Provider = tuple[str, dict[str, str]]
 name and its options (strings)."""
 
 OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
+"""A recipe's graph_optimization_level -> ONNX Runtime's ``GraphOptimizationLevel`` member."""
 
 
 def cuda_options(options: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -136,12 +142,12 @@ def why_missing(name: str, device_id: str = "0") -> str | None:
     installed package and start on a one-node model (ONNX Runtime drops one that fails to
     start, e.g. without a GPU or its CUDA libraries, with only a log line). Asked once per
     process."""
+    if name == CPU:  # in every ONNX Runtime build: a compile served from the cache imports none
+        return None
     available = ort.get_available_providers()
     if name not in available:
         has = ", ".join(p.removesuffix("ExecutionProvider") for p in available)
         return f"is not in the installed {_installed_package()} (it has {has})"
-    if name == CPU:
-        return None
     options = ort.SessionOptions()
     options.log_severity_level = 3
     try:
@@ -266,7 +272,8 @@ def session_loader(
     def load() -> ort.InferenceSession:
         choice = choose_providers(providers, fallback, tensorrt, cuda)
         options = ort.SessionOptions()
-        options.graph_optimization_level = OPTIMIZATION_LEVELS[graph_optimization_level]
+        level = OPTIMIZATION_LEVELS[graph_optimization_level]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.log_severity_level = 3
@@ -275,11 +282,13 @@ def session_loader(
     return load
 
 
-LOAD_ERRORS: tuple[type[Exception], ...] = tuple(
-    getattr(ort.capi.onnxruntime_pybind11_state, name)
-    for name in ("Fail", "NotImplemented", "InvalidGraph", "InvalidArgument", "InvalidProtobuf")
-)
-"""What ONNX Runtime raises when it refuses a model (not an internal failure of its own)."""
+@functools.cache
+def load_errors() -> tuple[type[Exception], ...]:
+    """What ONNX Runtime raises when it refuses a model (not an internal failure of its own)."""
+    return tuple(
+        getattr(ort.capi.onnxruntime_pybind11_state, name)
+        for name in ("Fail", "NotImplemented", "InvalidGraph", "InvalidArgument", "InvalidProtobuf")
+    )
 
 
 def why_refused(model: onnx.ModelProto, error: Exception) -> str:

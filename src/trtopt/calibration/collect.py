@@ -48,16 +48,21 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import onnxruntime as ort
 
 from .. import progress
 from ..graph_io import nbytes, peek
+from ..lazy import lazy_import
 from .sources import DataSet, cut
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+else:
+    ort = lazy_import("onnxruntime", globals())  # a compile served from the cache runs no session
 
 log = logging.getLogger("trtopt.calibration")
 

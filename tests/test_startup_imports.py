@@ -1,0 +1,51 @@
+"""The command line loads only what a verb needs (issue 15): checking a recipe reads pass
+options, not graphs, and a compile served from the cache runs no session. Asserted on the
+modules a fresh process imports, never on timings (those are benchmarks/startup.py's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import QUICKSTART, ROOT
+
+LOADED = """
+import json, sys
+from trtopt.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+"""
+"""Runs trtopt's command line and prints its exit code and the top-level packages loaded."""
+
+
+def _loaded(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0, done.stderr
+    return set(result["modules"])
+
+
+def test_validate_loads_no_graph_library():
+    loaded = _loaded("validate", str(QUICKSTART))
+    heavy = {"numpy", "onnx", "onnx_graphsurgeon", "ml_dtypes", "onnxruntime", "polygraphy"}
+    assert not loaded & heavy
+
+
+def test_a_compile_served_from_the_cache_runs_no_session(tmp_path: Path):
+    env = {**os.environ, "TRTOPT_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    command = ["compile", str(QUICKSTART), "-o", str(out), "--quiet"]
+    subprocess.run([sys.executable, "-m", "trtopt", *command], cwd=ROOT, env=env, check=True)
+    loaded = _loaded(*command, env=env)
+    assert json.loads((out / "report.json").read_text())["cache"]["compile"] == "hit"
+    assert not loaded & {"onnxruntime", "matplotlib", "torch"}
