@@ -290,11 +290,22 @@ def test_awq_beats_rtn_on_held_out_text_with_the_pretrained_recognizer(recognize
 
 
 @pytest.mark.slow
-def test_tensorrt_rtx_builds_int4_from_sm80_and_refuses_sm75(recognizer):
+def test_tensorrt_rtx_builds_int4_from_sm80_and_refuses_sm75(recognizer, tmp_path):
     trt_rtx.trt()  # skips first where TensorRT for RTX is missing
-    model = recognizer[2]["awq"][0]
-    assert trt_rtx.build_for(model, ["SM80", "SM89", "SM120"], REC_DIMS) is not None
+    source, _, quantized = recognizer
+    model = quantized["awq"][0]
+    engine = trt_rtx.build_for(model, ["SM80", "SM89", "SM120"], REC_DIMS)
+    assert engine is not None
     assert trt_rtx.build_for(model, ["SM75"], REC_DIMS) is None  # "HW-specific datatypes: int4"
+    # FP16 around the INT4 weights (the precision pass lowers the rest): smaller still.
+    half, ctx = quantize(source, tmp_path, method="rtn", high_precision="fp16")
+    assert ctx.details["high_precision"] and len(dequantized(half)) == 9
+    assert all(
+        inits(half)[dq.input[1]].data_type == TensorProto.FLOAT16
+        for dq, _ in dequantized(half).values()
+    )
+    smaller = trt_rtx.build_for(half, ["SM80", "SM89", "SM120"], REC_DIMS)
+    assert smaller is not None and smaller.nbytes < engine.nbytes
 
 
 def test_lint_int4_needs_compute_capability_8_0(tmp_path):
