@@ -48,7 +48,7 @@ from .graph_tools import (
 )
 from .local_error import DEFAULT_SAMPLES, local_snr
 from .registry import register_pass
-from .sensitivity import AutoOptions, Judge, search
+from .sensitivity import AutoOptions, Judge, search, uses_ranking
 
 if TYPE_CHECKING:
     from ..calibration import DataSet
@@ -244,7 +244,8 @@ class Precision(Pass):
                 raise RecipeError(f"precision: {error}") from None
             measured = [n for n in graph.nodes if n.name in lowered and n.op not in EXACT_OPS]
             candidates = [n.name for n in measured]
-            if local is None and options.dtype == "fp16" and ctx.calibration is not None:
+            ranks = uses_ranking(len(candidates)) and options.dtype == "fp16"
+            if local is None and ranks and ctx.calibration is not None:
                 local = self._local(graph, measured, ctx.calibration, ctx)
             # BF16 has no ONNX Runtime CPU kernels: judge an FP32 graph that rounds every
             # lowered value to BF16 instead (TensorRT accumulates in FP32 as well).
@@ -384,7 +385,7 @@ class Precision(Pass):
             entry[2] += float(np.count_nonzero(nonzero & (values < FP16_TINY / 2)))
 
         local = None
-        if guard.min_local_snr_db is not None or options.auto is not None:
+        if guard.min_local_snr_db is not None:
             measured = [
                 n
                 for n in float_nodes

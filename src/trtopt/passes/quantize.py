@@ -57,9 +57,10 @@ from .graph_tools import (
     shape_nodes,
     with_types,
 )
+from .local_error import local_snr
 from .precision import QDQ_FP16_OPSET, Precision
 from .registry import register_pass
-from .sensitivity import AutoOptions, Candidate, Judge, search
+from .sensitivity import AutoOptions, Candidate, Judge, search, uses_ranking
 
 if TYPE_CHECKING:
     from ..calibration import DataSet
@@ -541,6 +542,7 @@ class Quantize(Pass):
                     self.apply(graph.copy(), plan, ranges, keep), external=True
                 ),
                 judge,
+                ranking=self._local(graph, plan, ranges, ctx),
             )
             excluded = {k["node"] for k in result_search.kept}
             kept = result_search.kept
@@ -746,6 +748,24 @@ class Quantize(Pass):
         """``coverage``, and for a type other than INT8 which type it counts."""
         found = coverage(macs, quantized)
         return found if self.qtype is INT8 else {"dtype": self.qtype.name, **found}
+
+    def _local(
+        self, graph: gs.Graph, plan: Plan, ranges: dict[str, float], ctx: PassContext
+    ) -> dict[str, float] | None:
+        """Each unit's local error, quantized alone on its own FP32 inputs from the calibration
+        data (``local_error``), which the search judges worst first; None without data or
+        where the search measures every unit's effect alone."""
+        if ctx.calibration is None or not uses_ranking(len(plan.units)):
+            return None
+        options: Any = self.options
+        units = set(plan.units)
+
+        def alone(single: gs.Graph, names: set[str]) -> gs.Graph:
+            sites = [s for s in plan.sites if s.node in names]
+            return self.apply(single, Plan(sites=sites), ranges, set())
+
+        nodes = [n for n in graph.nodes if n.name in units]
+        return local_snr(graph, nodes, alone, ctx.calibration, memory_budget=options.memory_budget)
 
     def _judge(self, reference: Candidate, ctx: PassContext) -> Judge:
         auto: Any = self.options.auto

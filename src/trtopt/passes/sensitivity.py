@@ -21,7 +21,10 @@ usual case: one BatchNormalization with a huge variance, a softmax input), that 
 2 k log2(N / k) judgements for k kept layers of N.
 
 Given a *ranking* (each layer's local error, ``local_error``: one streaming pass measures
-every layer alone on its own inputs), the suspects are judged worst first, whatever N:
+every layer alone on its own inputs), the suspects above EACH_LIMIT are judged worst first
+instead (below it, each layer's effect on the outputs measured alone is exact and cheap: on a
+small CNN in INT8, where every layer's error adds up, it kept 9 layers in 26 judgements and
+the ranking 10 in 35):
 
 1. the k worst are kept for k = 1, 2, 4, ... until the metric passes, and the smallest such
    k is found by bisection; a culprit ranked r costs about 2 log2(r) judgements (one when it
@@ -197,6 +200,12 @@ class SearchResult:
         }
 
 
+def uses_ranking(count: int) -> bool:
+    """Whether a search over ``count`` candidates judges them by a ranking (above
+    EACH_LIMIT): a caller measures local errors only then."""
+    return count > EACH_LIMIT
+
+
 def search(
     candidates: Sequence[str],
     build: Callable[[set[str]], Candidate],
@@ -206,7 +215,8 @@ def search(
     """The fewest ``candidates`` to keep (``build(kept)`` gives the graph) so the metric passes.
 
     ``ranking``: each candidate's local error as an SQNR in dB (lower is worse; NaN where not
-    measured, judged last): the suspects are then judged worst first (the module docstring)."""
+    measured, judged last): above EACH_LIMIT candidates the suspects are then judged worst
+    first (the module docstring)."""
     options = judge.options
     start = time.perf_counter()
     budget = None if options.max_minutes is None else options.max_minutes * 60.0
@@ -250,7 +260,7 @@ def _search(
             judge.evaluations,
             time.perf_counter() - start,
         )
-    if ranking is not None:
+    if ranking is not None and uses_ranking(len(candidates)):
         return _ranked_search(
             candidates, ranking, judged, options, everything, time_left, start, judge
         )
