@@ -83,3 +83,29 @@ def test_the_stale_golden_hint_names_the_recipe_file(tmp_path, recipe_for, monke
     with pytest.raises(GoldenError) as error:
         trtopt.check("recipes/my-recipe.yaml", artifact=model)
     assert "run `trtopt golden update recipes/my-recipe.yaml`" in str(error.value)
+
+
+def test_option_docs_are_the_docstrings_under_their_declarations():
+    """Read from the source on demand (trtopt.docstrings) as pydantic's use_attribute_docstrings
+    read them when each class was made: a redeclared field keeps only its own docstring, a
+    Field(description=...) wins, and a class made inside a function is found too."""
+    from pydantic import Field
+
+    from trtopt.passes import PassOptions
+
+    class Base(PassOptions):
+        size: int = 1
+        """How many."""
+        mode: str = "a"
+        """Which one."""
+
+    class Child(Base):
+        mode: str = "b"
+        named: int = Field(0, description="Given.")
+        """Ignored."""
+
+    properties = Child.model_json_schema()["properties"]
+    assert properties["size"]["description"] == "How many."
+    assert "description" not in properties["mode"]
+    assert properties["named"]["description"] == "Given."
+    assert Base.model_json_schema()["properties"]["mode"]["description"] == "Which one."

@@ -13,15 +13,17 @@ from pathlib import Path
 from helpers import QUICKSTART, ROOT
 
 LOADED = """
-import json, sys
+import json, linecache, sys
 from trtopt.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}))
+modules = sorted({m.split(".")[0] for m in sys.modules})
+print(json.dumps({"code": code, "modules": modules, "sources": sorted(linecache.cache)}))
 """
-"""Runs trtopt's command line and prints its exit code and the top-level packages loaded."""
+"""Runs trtopt's command line and prints its exit code, the top-level packages loaded and the
+source files read as text (``linecache``: what ``inspect`` and docstring readers go through)."""
 
 
-def _loaded(*args: str, env: dict[str, str] | None = None) -> set[str]:
+def _run(*args: str, env: dict[str, str] | None = None) -> dict:
     done = subprocess.run(
         [sys.executable, "-c", LOADED, *args],
         capture_output=True,
@@ -32,13 +34,24 @@ def _loaded(*args: str, env: dict[str, str] | None = None) -> set[str]:
     )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["code"] == 0, done.stderr
-    return set(result["modules"])
+    return result
+
+
+def _loaded(*args: str, env: dict[str, str] | None = None) -> set[str]:
+    return set(_run(*args, env=env)["modules"])
 
 
 def test_validate_loads_no_graph_library():
     loaded = _loaded("validate", str(QUICKSTART))
     heavy = {"numpy", "onnx", "onnx_graphsurgeon", "ml_dtypes", "onnxruntime", "polygraphy"}
     assert not loaded & heavy
+
+
+def test_validate_reads_no_option_docstrings():
+    """Option docs are read from the source for `trtopt passes` and the schema only; pydantic's
+    use_attribute_docstrings read every options class's source as the class was made."""
+    assert _run("validate", str(QUICKSTART))["sources"] == []
+    assert any(s.endswith("recipe.py") for s in _run("schema")["sources"])
 
 
 def test_a_compile_served_from_the_cache_runs_no_session(tmp_path: Path):

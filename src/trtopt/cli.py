@@ -221,12 +221,13 @@ def _mentions(annotation: object, kind: type) -> bool:
 
 
 def _option_doc(options: type, name: str) -> str:
-    """The docstring written under an option's declaration (pydantic keeps it as description),
-    else its section's docstring, else a Literal option's choices."""
+    """The option's description: the docstring written under its declaration, else its
+    section's docstring, else a Literal option's choices."""
+    from .docstrings import field_doc
     from .recipe import model_in  # with the verb: the recipe schema loads pydantic
 
     info = options.model_fields[name]
-    description = info.description
+    description = info.description or field_doc(options, name)
     section = model_in(info.annotation)
     if not description and section is not None and section.__doc__:
         description = section.__doc__.strip().splitlines()[0]

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from .calibration.source_specs import SOURCE_PATH_FIELDS, DataSource
+from .docstrings import describe_fields
 from .errors import Place, RecipeError, did_you_mean
 from .metrics import DEFAULT_QUANTILE, DEFAULT_TOP_K, METRICS
 from .passes import available_passes, get_pass, load_plugin
@@ -43,7 +44,7 @@ Quantile = Annotated[float, Field(gt=0, lt=1)]
 class Strict(BaseModel):
     """Base of every recipe section: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_fields)
 
 
 class ProfileSpec(Strict):

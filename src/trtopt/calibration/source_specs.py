@@ -8,12 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..docstrings import describe_fields
+
 DEFAULT_SCRIPT_TIMEOUT_S = 600.0
 """How long a data script may take to import and yield one feed before it is stopped."""
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_fields)
 
 
 class ImageSource(_Strict):

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from ..docstrings import describe_fields
+
 if TYPE_CHECKING:  # for annotations only: validating a recipe's options loads no graph library
     import numpy as np
     import onnx_graphsurgeon as gs
@@ -19,7 +21,7 @@ if TYPE_CHECKING:  # for annotations only: validating a recipe's options loads n
 class PassOptions(BaseModel):
     """Options of a pass. Unknown keys are errors, so a typo never silently does nothing."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=describe_fields)
 
 
 @dataclass
