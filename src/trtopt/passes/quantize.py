@@ -365,8 +365,9 @@ class Plan:
 
 @register_pass("quantize")
 class Quantize(Pass):
-    """Calibrate and insert INT8 or FP8 Quantize/DequantizeLinear where TensorRT fuses them,
-    or store MatMul/Gemm weights as block-wise INT4 (weight-only)."""
+    """Calibrated INT8 or FP8 Q/DQ where TensorRT fuses them, or INT4 MatMul/Gemm weights.
+
+    INT4 is weight-only: block-wise INT4 weights behind a DequantizeLinear, activations float."""
 
     exact = False  # its numbers move on purpose; the check's thresholds judge them
 
