@@ -1,6 +1,6 @@
 """What a user reads after a compile: the console summary and report.md show the warnings,
-the golden check's table, the layers kept in float and the INT8 coverage (report.json and
-report.html too); metrics show to their limit's precision."""
+the golden check's table, the layers kept in float and the quantized coverage, labelled with
+its own type (report.json and report.html too); metrics show to their limit's precision."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from trtopt.report import format_limit, format_metric
 FAST = ["check.samples=2", "check.latency_runs=0", "check.verify_passes=false"]
 
 
-def test_summary_and_report_md_show_warnings_golden_kept_layers_and_int8_coverage(
+def test_summary_and_report_md_show_warnings_golden_kept_layers_and_quantized_coverage(
     write_recipe, recipe_for, tmp_path
 ):
     recipe = recipe_for(
@@ -50,7 +50,7 @@ def test_summary_and_report_md_show_warnings_golden_kept_layers_and_int8_coverag
     assert all(f"| {node} |" in markdown for node in kept)
     assert f"kept in higher precision: {kept[0]}" in summary
 
-    coverage = report["int8_coverage"]
+    coverage = report["quantized_coverage"]
     assert coverage["pass"] == "quantize"
     assert coverage["layers"] == {"quantized": 6, "quantizable": 7}  # the Gemm excluded
     macs = coverage["macs"]
@@ -58,8 +58,16 @@ def test_summary_and_report_md_show_warnings_golden_kept_layers_and_int8_coverag
     record = next(p for p in report["passes"] if p["name"] == "quantize")
     assert record["details"]["int8_coverage"]["layers"]["quantizable"] == 7
     line = "6 of 7 quantizable layers in INT8"
-    assert line in summary and "## INT8 coverage" in markdown and line in markdown
+    assert f"  int8     {line}" in summary
+    assert "## INT8 coverage" in markdown and line in markdown
     assert "INT8 coverage" in page and line in page
+    # Every quantized type is labelled as itself (INT4 weight-only, FP8), never as INT8.
+    for dtype in ("int4", "fp8"):
+        relabelled = {**report, "quantized_coverage": {**coverage, "dtype": dtype}}
+        shown = trtopt.report.summary(relabelled)
+        assert f"  {dtype:<8} 6 of 7 quantizable layers in {dtype.upper()}" in shown
+        assert "int8" not in shown.lower().replace("cnn_legacy", "")
+        assert f"## {dtype.upper()} coverage" in trtopt.report.markdown(relabelled)
 
 
 def small_model() -> onnx.ModelProto:

@@ -386,7 +386,7 @@ def render(
         ]
         parts.append(table(["model", "median ms", "p90 ms"], rows))
 
-    coverage = None if is_check else report.get("int8_coverage")
+    coverage = None if is_check else report.get("quantized_coverage")
     if coverage:
         heading = f"{coverage_type(coverage)} coverage"
         parts.append(f"<h2>{escape(heading)}</h2><p>{escape(describe_coverage(coverage))}</p>")

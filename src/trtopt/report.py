@@ -112,7 +112,7 @@ def compile_report(
         "golden": golden,
         "latency": checked.latency,
         "kept_in_higher_precision": kept_in_higher_precision(records),
-        "int8_coverage": quantized_coverage(records),
+        "quantized_coverage": quantized_coverage(records),
         "warnings": list(warnings),
     }
 
@@ -168,7 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             *_accuracy_table(golden["accuracy"]),
         ]
-    coverage = report.get("int8_coverage")
+    coverage = report.get("quantized_coverage")
     if coverage:
         heading = f"## {coverage_type(coverage)} coverage"
         lines += ["", heading, "", f"- {describe_coverage(coverage)}"]
@@ -247,9 +247,9 @@ def summary(report: dict[str, Any]) -> str:
             f"  profiles accuracy at {len(shape_checks)} profile shapes: "
             + (f"fail at {', '.join(failed_shapes)}" if failed_shapes else "pass")
         )
-    coverage = report.get("int8_coverage")
+    coverage = report.get("quantized_coverage")
     if coverage:
-        lines.append(f"  int8     {describe_coverage(coverage)}")
+        lines.append(f"  {coverage_type(coverage).lower():<8} {describe_coverage(coverage)}")
     kept = report.get("kept_in_higher_precision") or []
     if kept:
         names = ", ".join(str(k.get("node")) for k in kept[:KEPT_SHOWN])
