@@ -125,3 +125,13 @@ def test_ranked_search_out_of_time_or_out_of_reach_keeps_everything():
     judge = FloatFails(set())
     result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
     assert not result.reached and not result.out_of_time and len(result.kept) == len(NAMES)
+
+
+def test_rank_false_judges_in_graph_order_whatever_the_ranking():
+    judge = KnownCulprits({"layer17"})
+    judge.options = AutoOptions(metric="max_abs", max=0.5, rank=False)
+    result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
+    unranked = KnownCulprits({"layer17"})
+    search(NAMES, lowering, unranked)
+    assert [k["node"] for k in result.kept] == ["layer17"]
+    assert judge.judged == unranked.judged

@@ -244,7 +244,7 @@ class Precision(Pass):
                 raise RecipeError(f"precision: {error}") from None
             measured = [n for n in graph.nodes if n.name in lowered and n.op not in EXACT_OPS]
             candidates = [n.name for n in measured]
-            ranks = uses_ranking(len(candidates)) and options.dtype == "fp16"
+            ranks = uses_ranking(options.auto, len(candidates)) and options.dtype == "fp16"
             if local is None and ranks and ctx.calibration is not None:
                 local = self._local(graph, measured, ctx.calibration, ctx)
             # BF16 has no ONNX Runtime CPU kernels: judge an FP32 graph that rounds every

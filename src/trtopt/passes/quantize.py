@@ -756,9 +756,9 @@ class Quantize(Pass):
         """Each unit's local error, quantized alone on its own FP32 inputs from the calibration
         data (``local_error``), which the search judges worst first; None without data or
         where the search measures every unit's effect alone."""
-        if ctx.calibration is None or not uses_ranking(len(plan.units)):
-            return None
         options: Any = self.options
+        if ctx.calibration is None or not uses_ranking(options.auto, len(plan.units)):
+            return None
         units = set(plan.units)
 
         def alone(single: gs.Graph, names: set[str]) -> gs.Graph:

@@ -77,6 +77,10 @@ class AutoOptions(PassOptions):
     """Validation feeds each judgement runs (the first ones of data.validation or check)."""
     outputs: list[str] | None = None
     """Outputs judged (default: all); for top1 and topk, the outputs that hold class scores."""
+    rank: bool = True
+    """Above 24 candidates, judge the suspects worst local error first (each layer run alone
+    in the lowered precision on its own inputs, in one streaming pass over the calibration
+    data); false: group testing in graph order."""
     max_minutes: Annotated[float, Field(ge=0)] | None = None
     """Time budget of the search; when it runs out, the best passing set found so far is kept
     (every layer in float if none passed yet) and a warning says so. Default: no limit."""
@@ -200,10 +204,10 @@ class SearchResult:
         }
 
 
-def uses_ranking(count: int) -> bool:
-    """Whether a search over ``count`` candidates judges them by a ranking (above
+def uses_ranking(options: AutoOptions, count: int) -> bool:
+    """Whether a search over ``count`` candidates judges them by a ranking (``rank``, above
     EACH_LIMIT): a caller measures local errors only then."""
-    return count > EACH_LIMIT
+    return options.rank and count > EACH_LIMIT
 
 
 def search(
@@ -260,7 +264,7 @@ def _search(
             judge.evaluations,
             time.perf_counter() - start,
         )
-    if ranking is not None and uses_ranking(len(candidates)):
+    if ranking is not None and uses_ranking(options, len(candidates)):
         return _ranked_search(
             candidates, ranking, judged, options, everything, time_left, start, judge
         )
