@@ -68,8 +68,7 @@ def local_snr(
     needs = {n.name: _captured(n) for n in nodes}
     # The tensors in node order, cut into runs within the budget; a node is measured in the
     # run that holds the last of its tensors, its earlier ones collected again there.
-    ordered = list(dict.fromkeys(t for n in nodes for t in needs[n.name]))
-    ordered += [t for t in dict.fromkeys(watch) if t not in set(ordered)]
+    ordered = list(dict.fromkeys([*(t for n in nodes for t in needs[n.name]), *watch]))
     planned = groups(model, ordered, memory_budget, shapes) or [[]]
     run_of = {t: index for index, names in enumerate(planned) for t in names}
     members: list[list[gs.Node]] = [[] for _ in planned]
@@ -204,7 +203,9 @@ def alone(graph: gs.Graph, node: gs.Node, lower: Lower) -> ort.InferenceSession 
     for tensor in node.inputs:
         value = _constant(tensor)
         if value is not None:
-            copied.append(value)
+            # A constant of its own: graphsurgeon finds a node among a tensor's consumers by
+            # equality, which this copy of the node shares with the model's.
+            copied.append(gs.Constant(tensor.name, peek(value)))
         elif isinstance(tensor, gs.Variable) and tensor.name:
             if tensor.name not in inputs:
                 inputs[tensor.name] = gs.Variable(tensor.name, tensor.dtype, tensor.shape)
@@ -240,13 +241,11 @@ def alone(graph: gs.Graph, node: gs.Node, lower: Lower) -> ort.InferenceSession 
 
 
 def _constant(tensor: gs.Tensor) -> gs.Constant | None:
-    """A constant input as a constant of its own (an initializer, or a Constant node's tensor
-    value): graphsurgeon finds a node's place among a tensor's consumers by equality, which a
-    copy of the node shares with it, so the model's own constants are never handed out."""
+    """The values of a constant input: an initializer, or a Constant node's tensor value."""
     if isinstance(tensor, gs.Constant):
-        return gs.Constant(tensor.name, peek(tensor))
+        return tensor
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         value = tensor.inputs[0].attrs.get("value")
         if isinstance(value, gs.Constant):
-            return gs.Constant(tensor.name, value.values)
+            return value
     return None
