@@ -64,6 +64,7 @@ def test_a_search_out_of_time_keeps_what_it_has_not_cleared():
     result = search(NAMES, lowering, judge)
     assert result.out_of_time and result.reached
     assert {k["node"] for k in result.kept} == set(NAMES)  # nothing cleared: all in float
+    assert sorted(result.untried) == sorted(NAMES)  # and the report says none was tried
 
 
 class FloatFails(KnownCulprits):
@@ -122,6 +123,7 @@ def test_ranked_search_out_of_time_or_out_of_reach_keeps_everything():
     judge.options = AutoOptions(metric="max_abs", max=0.5, max_minutes=0)
     result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
     assert result.out_of_time and not result.reached and len(result.kept) == len(NAMES)
+    assert len(result.untried) == len(NAMES)
     judge = FloatFails(set())
     result = search(NAMES, lowering, judge, ranking=ranked("layer17"))
     assert not result.reached and not result.out_of_time and len(result.kept) == len(NAMES)
@@ -135,3 +137,26 @@ def test_rank_false_judges_in_graph_order_whatever_the_ranking():
     search(NAMES, lowering, unranked)
     assert [k["node"] for k in result.kept] == ["layer17"]
     assert judge.judged == unranked.judged
+
+
+class Slow(KnownCulprits):
+    """Each judgement takes 10 s of a clock the search reads."""
+
+    clock = 0.0
+
+    def __call__(self, lowered: set[str]) -> tuple[float, float]:
+        Slow.clock += 10.0
+        return super().__call__(lowered)
+
+
+def test_ranked_search_out_of_time_reports_the_kept_layers_it_never_tried(monkeypatch):
+    """A 30 s budget: every layer lowered, the worst kept (fails), the two worst kept (passes);
+    no time is left to try lowering the worst again alone, so it stays, reported untried."""
+    monkeypatch.setattr(Slow, "clock", 0.0)
+    monkeypatch.setattr(sensitivity.time, "perf_counter", lambda: Slow.clock)
+    judge = Slow({"layer9"})
+    judge.options = AutoOptions(metric="max_abs", max=0.5, max_minutes=0.5)
+    result = search(NAMES, lowering, judge, ranking=ranked("layer5", "layer9"))
+    assert result.out_of_time and result.reached and judge.evaluations == 3
+    assert {k["node"] for k in result.kept} == {"layer5", "layer9"}
+    assert result.untried == ["layer5"]  # benign, but never tried lowered

@@ -269,7 +269,8 @@ class Precision(Pass):
             if result.out_of_time:
                 ctx.warnings.append(
                     f"precision.auto: the time budget ({options.auto.max_minutes:g} min) ran out; "
-                    f"kept the best found: {len(result.kept)} nodes in FP32"
+                    f"kept the best found: {len(result.kept)} nodes in FP32, "
+                    f"{len(result.untried)} of them never tried lowered (details.auto.untried)"
                 )
             if not result.reached and not result.out_of_time:
                 ctx.warnings.append(

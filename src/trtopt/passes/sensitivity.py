@@ -189,6 +189,9 @@ class SearchResult:
     """Wall time of the search."""
     out_of_time: bool = False
     """The time budget (``max_minutes``) ran out: the result is the best found by then."""
+    untried: list[str] = field(default_factory=list)
+    """Kept layers the search ran out of time before trying to lower: some may not need to
+    stay."""
 
     def to_json(self, metric: str, limit: float) -> dict:
         return {
@@ -200,6 +203,7 @@ class SearchResult:
             "evaluations": self.evaluations,
             "seconds": round(self.seconds, 3),
             "out_of_time": self.out_of_time,
+            "untried": self.untried,
             "kept": self.kept,
         }
 
@@ -272,9 +276,11 @@ def _search(
         return _group_search(candidates, judged, options, everything, time_left, start, judge)
     effects: dict[str, tuple[float, float, float]] = {}
     all_names = set(candidates)
+    unmeasured = set()
     for name in candidates:  # a layer not measured in time counts as the most sensitive
         if not time_left():
             effects[name] = (np.inf, np.inf, float("nan"))
+            unmeasured.add(name)
             continue
         value, cosine = judged(all_names - {name})
         effects[name] = (options.effect(value), 1.0 - cosine, value)
@@ -313,8 +319,11 @@ def _search(
         for name in order
         if name in kept
     ]
+    untried = [n for n in order if n in kept and n in unmeasured]
     seconds = time.perf_counter() - start
-    return SearchResult(listed, reached, final, everything, judge.evaluations, seconds, out_of_time)
+    return SearchResult(
+        listed, reached, final, everything, judge.evaluations, seconds, out_of_time, untried
+    )
 
 
 def _group_search(
@@ -337,11 +346,11 @@ def _group_search(
         return SearchResult(listed, False, final, everything, judge.evaluations, seconds)
     half = len(candidates) // 2
     groups = [list(candidates[half:]), list(candidates[:half])]  # all at once already failed
-    kept, final = _lower_groups(kept, final, groups, judged, options, time_left)
+    kept, final, untried = _lower_groups(kept, final, groups, judged, options, time_left)
     listed = _alone(candidates, kept, judged, options, time_left)
     seconds = time.perf_counter() - start
     return SearchResult(
-        listed, True, final, everything, judge.evaluations, seconds, not time_left()
+        listed, True, final, everything, judge.evaluations, seconds, not time_left(), untried
     )
 
 
@@ -387,13 +396,13 @@ def _ranked_search(
     # The last of the prefix is needed; the others are lowered again where the metric allows,
     # least suspicious first.
     benign_first = order[: size - 1][::-1]
-    kept, final = _lower_groups(kept, final, [benign_first], judged, options, time_left)
+    kept, final, untried = _lower_groups(kept, final, [benign_first], judged, options, time_left)
     listed = _alone(order, kept, judged, options, time_left)
     for item in listed:
         item["local_snr_db"] = ranking.get(item["node"], float("nan"))
     seconds = time.perf_counter() - start
     return SearchResult(
-        listed, True, final, everything, judge.evaluations, seconds, not time_left()
+        listed, True, final, everything, judge.evaluations, seconds, not time_left(), untried
     )
 
 
@@ -411,7 +420,10 @@ def _every_one_kept(
     unmeasured = {"effect": judge.options.effect(nan), "value_alone": nan}
     listed = [{"node": name, **unmeasured} for name in order]
     seconds = time.perf_counter() - start
-    return SearchResult(listed, False, value, everything, judge.evaluations, seconds, out_of_time)
+    untried = list(order) if out_of_time else []
+    return SearchResult(
+        listed, False, value, everything, judge.evaluations, seconds, out_of_time, untried
+    )
 
 
 def _lower_groups(
@@ -421,9 +433,10 @@ def _lower_groups(
     judged: Callable[[set[str]], tuple[float, float]],
     options: AutoOptions,
     time_left: Callable[[], bool],
-) -> tuple[set[str], float]:
+) -> tuple[set[str], float, list[str]]:
     """Group testing: each group (the last first) is lowered on top of what is already
-    lowered; one that breaks the metric is halved, a single layer that does stays kept."""
+    lowered; one that breaks the metric is halved, a single layer that does stays kept. Also
+    returns the layers of the groups left when time ran out (kept, untried)."""
     groups = [g for g in groups if g]
     while groups and time_left():
         group = groups.pop()
@@ -434,7 +447,7 @@ def _lower_groups(
         elif len(group) > 1:
             half = len(group) // 2
             groups += [group[half:], group[:half]]
-    return kept, final
+    return kept, final, [name for group in groups for name in group]
 
 
 def _alone(
