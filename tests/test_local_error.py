@@ -10,7 +10,6 @@ import math
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import pytest
 from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
@@ -145,7 +144,6 @@ def pages(model: onnx.ModelProto, folder, size: int, seeds: range) -> DataSet:
     return DataSet(DataSource(npz=str(folder / "*.npz")), feeds.model_inputs(model))
 
 
-@pytest.mark.slow
 def test_plain_fp16_keeps_the_detectors_batchnorm_alone_and_its_text_map(
     tmp_path,
     public_models,  # noqa: F811
@@ -164,7 +162,6 @@ def test_plain_fp16_keeps_the_detectors_batchnorm_alone_and_its_text_map(
     assert flipped([e[0] for e in expected], [g[0] for g in got]) <= 0.005
 
 
-@pytest.mark.slow
 def test_the_search_judges_the_detectors_culprit_first(tmp_path, public_models):  # noqa: F811
     """With the range guard off, the search alone finds the BatchNormalization: ranked worst
     by its local error, it is the first set kept (every layer lowered, then all but it, then
