@@ -174,7 +174,8 @@ class _Measure:
             if math.isnan(found):  # a NaN lowered (the worst), or a reference not finite
                 found = -math.inf if np.isfinite(expected).all() else math.nan
             values.append(found)
-        self.worst[name] = min([self.worst[name], *values]) if values else math.nan
+        unknown = not values or any(math.isnan(v) for v in values)
+        self.worst[name] = math.nan if unknown else min(self.worst[name], *values)
         self.measured[name] += 1
 
     def _typed(self, tensor: str, onnx_type: str) -> np.ndarray:
