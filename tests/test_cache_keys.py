@@ -4,11 +4,15 @@ shapes, not the optimization profiles), and a cached compile draws report.html a
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 
 import trtopt
 from helpers import MODELS, QUICKSTART
 from trtopt import html
+from trtopt.errors import BackendUnavailableError
 
 FAST = ["check.samples=1", "check.latency_runs=0", "check.verify_passes=false"]
 PROFILE = {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 32], "max": [4, 3, 32, 32]}
@@ -78,3 +82,35 @@ def test_where_calibration_runs_joins_the_data_and_compile_keys(tmp_path):
     plain = keys(load_recipe(QUICKSTART))
     gpu = keys(load_recipe(QUICKSTART, ["calibration={providers: [cuda, cpu], fallback: true}"]))
     assert plain[0] != gpu[0] and plain[1] != gpu[1]
+
+
+def test_quantize_gets_fp16_around_for_tensorrt_and_its_key_follows_the_effective_option(
+    write_recipe, recipe_for, tmp_path
+):
+    """A quantize step that does not set ``high_precision`` gets fp16 when the build is
+    TensorRT's and keeps fp32 on ONNX Runtime: the report's recipe shows the value it ran with,
+    and its stage key changes with the backend only where that value does."""
+
+    def compile_with(backend: str, options: dict) -> dict:
+        recipe = recipe_for(MODELS / "cnn_legacy.onnx", build={"backend": backend})
+        recipe["passes"] = [{"quantize": options}]
+        # No datacenter TensorRT here: the passes run and the report is written all the same.
+        with contextlib.suppress(BackendUnavailableError):
+            trtopt.compile(write_recipe(recipe), tmp_path / "o", overrides=FAST)
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        ((quantize,),) = [[p["options"]["high_precision"]] for p in report["passes"]]
+        return {
+            "from_cache": report["cache"]["passes_from_cache"],
+            "recipe": report["recipe"]["passes"][0]["options"],
+            "ran_with": quantize,
+        }
+
+    assert compile_with("onnxruntime", {}) == {"from_cache": 0, "recipe": {}, "ran_with": "fp32"}
+    tensorrt = compile_with("tensorrt", {})
+    fp16 = {"high_precision": "fp16"}
+    assert tensorrt == {"from_cache": 0, "recipe": fp16, "ran_with": "fp16"}
+    # An explicit value wins, fp32 included; the same effective options, the same key.
+    fp32 = {"high_precision": "fp32"}
+    assert compile_with("tensorrt", fp32) == {"from_cache": 1, "recipe": fp32, "ran_with": "fp32"}
+    explicit = compile_with("onnxruntime", fp16)
+    assert explicit == {"from_cache": 1, "recipe": fp16, "ran_with": "fp16"}

@@ -87,6 +87,8 @@ class CompileResult:
 
 JUDGED_SAMPLES = 2
 """Check feeds each stage runs on to prove it (all of them with ``check.verify_passes``)."""
+TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
+"""Builds whose quantize steps get FP16 around their Q/DQ unless they say otherwise."""
 
 
 def _stage_judge(
@@ -238,7 +240,10 @@ def _compile(
             built = _build(recipe, job, graph_files, staging, say)
             checked = _check(recipe, job, built, reference, ctx, out, model_path, say)
         the_report = report.compile_report(
-            recipe=recipe.model_dump(mode="json"),
+            recipe={  # with the options the passes ran with
+                **recipe.model_dump(mode="json"),
+                "passes": [spec.model_dump(mode="json") for spec in _with_build_defaults(recipe)],
+            },
             out=out,
             model=_describe_model(model_path, job.source),
             records=records,
@@ -317,13 +322,19 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
 
 def _with_build_defaults(recipe: Recipe) -> list[PassSpec]:
     """The recipe's passes, with what the build says filled in where a pass's options are
-    silent (a pass knows no backend): `lint` checks the GPUs build.tensorrt_rtx names."""
+    silent (a pass knows no backend): `lint` checks the GPUs build.tensorrt_rtx names, and
+    `quantize` puts FP16 around its Q/DQ for TensorRT (``high_precision``: TensorRT runs the
+    other layers in the graph's own types, and FP16 halves their weights' bytes; ONNX
+    Runtime's CPU kernels gain nothing from it, so its backend keeps FP32)."""
+    defaults: dict[str, dict[str, Any]] = {}
     capabilities = recipe.build.tensorrt_rtx.compute_capabilities
-    if recipe.build.backend != "tensorrt-rtx" or not capabilities:
-        return list(recipe.passes)
+    if recipe.build.backend == "tensorrt-rtx" and capabilities:
+        defaults["lint"] = {"compute_capabilities": capabilities}
+    if recipe.build.backend in TENSORRT_BACKENDS:
+        defaults["quantize"] = {"high_precision": "fp16"}
     return [
-        spec.model_copy(update={"options": {**spec.options, "compute_capabilities": capabilities}})
-        if spec.name == "lint" and "compute_capabilities" not in spec.options
+        spec.model_copy(update={"options": {**defaults[spec.name], **spec.options}})
+        if spec.name in defaults
         else spec
         for spec in recipe.passes
     ]

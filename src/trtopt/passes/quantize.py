@@ -22,7 +22,8 @@ products that read it.
 
 ``high_precision: fp16 | bf16`` lowers the float ops around the Q/DQ with the ``precision``
 pass itself (its keep list and range guard; the Q/DQ take scales of that type). It defaults to
-fp32 here: a pass knows no backend, and choosing FP16 for TensorRT targets is the recipe's.
+fp32 here: a pass knows no backend; a recipe whose build is TensorRT's gives it fp16
+(trtopt.pipeline).
 """
 
 from __future__ import annotations
@@ -393,7 +394,9 @@ class Quantize(Pass):
         """The type of the float ops around the Q/DQ: fp16 or bf16 lower them as the
         ``precision`` pass does (its keep list and FP16 range guard; the Q/DQ take scales of
         that type at opset 19), fp32 leaves them as they are. TensorRT runs the non-quantized
-        layers in the graph's own types: with fp16 their weights take half the bytes."""
+        layers in the graph's own types: with fp16 their weights take half the bytes. In a
+        recipe the default is fp16 when the build is tensorrt or tensorrt-rtx, else fp32 (ONNX
+        Runtime's CPU kernels gain nothing from FP16); an explicit value wins."""
         calibrator: Calibrator | None = None
         """How activation ranges are chosen from the calibration histograms. Default: entropy
         (TensorRT's) for int8, minmax for fp8, whose exponent holds the outliers that entropy
