@@ -18,11 +18,13 @@ from onnx import TensorProto, helper, numpy_helper
 import trt_rtx
 from helpers import DIMS, MODELS, RANGES, model_feeds, ort_run, run_cli
 from test_public_models import public_models  # noqa: F401  (the fixture: pretrained models)
+from test_quantize_int4 import text_lines
 from trtopt import feeds
 from trtopt.calibration import DataSet, DataSource
 from trtopt.passes import PassContext
 from trtopt.passes.precision import Precision
 from trtopt.passes.quantize import Quantize
+from trtopt.passes.sensitivity import metric_values, run
 
 CNN, BERT = MODELS / "cnn_legacy.onnx", MODELS / "bert_dynamo.onnx"
 TRT_DIMS = {"sequence": (1, 8, 16)}
@@ -391,3 +393,87 @@ def test_paddle_detector_batchnorm_variance_stays_fp32(tmp_path, public_models):
     assert np.isfinite(ort_run(model, [feed])[0][0]).all()
     trt_rtx.trt()
     assert trt_rtx.build(model, {"batch": (1, 1, 1)}) > 0
+
+
+@pytest.mark.slow
+def test_the_search_judges_the_graph_that_ships_with_fp16_around(tmp_path, public_models):  # noqa: F811
+    """PaddleOCR's recognizer in INT8 with its Conv 14 quantized keeps a worst cosine of 0.946
+    on four held-out lines with FP32 around the Q/DQ and 0.917 with FP16 around them. Judged
+    with FP32 around, a search for 0.93 kept nothing and shipped 0.917; judged as it ships, it
+    keeps that Conv in float, and the value it reports is the shipped graph's, measured as the
+    search measures it."""
+    source = paddle(public_models, "ch_PP-OCRv4_rec_infer.onnx", 48, 320)
+    for index, feed in enumerate(text_lines(4, seed=1)):
+        np.savez(tmp_path / f"{index:02d}.npz", **feed)
+    data = DataSet(DataSource(npz=str(tmp_path / "*.npz")), feeds.model_inputs(source))
+    held_out = text_lines(4, seed=2)
+    options = {
+        "calibrator": "minmax",
+        "exclude": {"nodes": [r"^(?!p2o\.Conv\.(0|14)$)"]},  # two Convs: a quick search
+        "auto": {"metric": "cosine", "min": 0.93},
+    }
+
+    def searched(around: str):
+        quantize_ = Quantize(Quantize.Options.model_validate({**options, "high_precision": around}))
+        ctx = PassContext(scratch_dir=tmp_path, calibration=data, validation=held_out)
+        model = gs.export_onnx(quantize_.run(gs.import_onnx(source), ctx).graph)
+        return model, ctx.details["auto"]
+
+    _, fp32 = searched("fp32")
+    assert fp32["value_all_lowered"] >= 0.93 and fp32["kept"] == []
+    model, fp16 = searched("fp16")
+    assert fp16["value_all_lowered"] < 0.93
+    assert [k["node"] for k in fp16["kept"]] == ["p2o.Conv.14"]
+    shipped, _ = metric_values("cosine", run(source, held_out), run(model, held_out))
+    assert fp16["value"] == pytest.approx(shipped, abs=1e-6) and shipped >= 0.93
+
+
+def overflowing_cnn() -> onnx.ModelProto:
+    """Conv -> Mul by 3e4 (a constant FP16 holds) -> Conv: the Mul's output passes 65504."""
+    rng = np.random.default_rng(2)
+    nodes = [
+        helper.make_node("Conv", ["x", "w0"], ["a"], "first", pads=[1, 1, 1, 1]),
+        helper.make_node("Mul", ["a", "big"], ["b"], "scale_up"),
+        helper.make_node("Conv", ["b", "w1"], ["c"], "second", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["y"], "sigmoid"),
+    ]
+    weights = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(np.array(3e4, np.float32), "big"),
+        numpy_helper.from_array(1e-6 * rng.standard_normal((8, 8, 3, 3)).astype(np.float32), "w1"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "overflowing",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 16, 16])],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+
+
+@pytest.mark.parametrize("around", ["fp16", "bf16"])
+def test_the_search_judges_each_candidate_with_what_goes_around_it(tmp_path, around):
+    """FP16: the activation guard, measured once before the search, keeps the overflowing
+    Mul in every candidate and in the graph that ships, with its own reason, and the value the
+    search reports is the shipped graph's. BF16 (no ONNX Runtime CPU kernels): the candidates
+    are FP32 graphs rounded to BF16, judged apart from FP32 around."""
+    source = overflowing_cnn()
+    data = DataSet(DataSource(synthetic={"seed": 1}, limit=4), feeds.model_inputs(source))
+    held_out = model_feeds(source, 2, seed=3)
+
+    def searched(high_precision: str):
+        options = {"high_precision": high_precision, "auto": {"metric": "max_abs", "max": 1.0}}
+        ctx = PassContext(scratch_dir=tmp_path, calibration=data, validation=held_out)
+        quantize_ = Quantize(Quantize.Options.model_validate(options))
+        return gs.export_onnx(quantize_.run(gs.import_onnx(source), ctx).graph), ctx.details
+
+    model, details = searched(around)
+    if around == "bf16":
+        assert details["auto"]["value"] != pytest.approx(searched("fp32")[1]["auto"]["value"])
+        return
+    kept = {k["node"]: k["reason"] for k in details["high_precision"]["kept_fp32"]}
+    assert kept["scale_up"].startswith("guard: output 'b' reaches")
+    assert not any("keep_fp32" in reason for reason in kept.values())
+    shipped, _ = metric_values("max_abs", run(source, held_out), run(model, held_out))
+    assert details["auto"]["value"] == pytest.approx(shipped, abs=1e-6)

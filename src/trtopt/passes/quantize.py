@@ -23,7 +23,8 @@ products that read it.
 ``high_precision: fp16 | bf16`` lowers the float ops around the Q/DQ with the ``precision``
 pass itself (its keep list and range guard; the Q/DQ take scales of that type). It defaults to
 fp32 here: a pass knows no backend; a recipe whose build is TensorRT's gives it fp16
-(trtopt.pipeline).
+(trtopt.pipeline). The automatic search judges every candidate with that type around it, the
+graph that would ship.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .graph_tools import (
     is_float,
     matches,
     name_nodes,
+    onnx_dtype,
     raise_for,
     require_opset,
     shape_nodes,
@@ -361,6 +363,15 @@ class Plan:
     """Nodes the quantized type's rules leave in float, with the rule and the reason."""
 
 
+@dataclass
+class Guarded:
+    """What the precision pass's data guard kept FP32 around every unit quantized
+    (``Quantize._guarded``): node -> reason, and that run's details (its local errors)."""
+
+    reasons: dict[str, str]
+    details: dict[str, Any]
+
+
 # -- the pass -------------------------------------------------------------------------------
 
 
@@ -396,7 +407,9 @@ class Quantize(Pass):
         that type at opset 19), fp32 leaves them as they are. TensorRT runs the non-quantized
         layers in the graph's own types: with fp16 their weights take half the bytes. In a
         recipe the default is fp16 when the build is tensorrt or tensorrt-rtx, else fp32 (ONNX
-        Runtime's CPU kernels gain nothing from FP16); an explicit value wins."""
+        Runtime's CPU kernels gain nothing from FP16); an explicit value wins. ``auto`` judges
+        its candidates with this type around them (bf16 rounded in an FP32 graph: ONNX
+        Runtime's CPU has no BF16 kernels)."""
         calibrator: Calibrator | None = None
         """How activation ranges are chosen from the calibration histograms. Default: entropy
         (TensorRT's) for int8, minmax for fp8, whose exponent holds the outliers that entropy
@@ -535,7 +548,9 @@ class Quantize(Pass):
 
         kept: list[dict] = []
         excluded: set[str] = set()
+        guarded: Guarded | None = None
         if options.auto is not None:
+            guarded = self._guarded(graph, plan, ranges, ctx)
             # Every judgement runs a candidate whose weights ONNX Runtime is handed as arrays
             # (shared with this graph, INT8 ones quantized once): for a large model, exporting
             # and serializing every candidate whole cost more than running it.
@@ -543,7 +558,7 @@ class Quantize(Pass):
             result_search = search(
                 plan.units,
                 lambda keep: split_graph(
-                    self.apply(graph.copy(), plan, ranges, keep), external=True
+                    self._candidate(graph, plan, ranges, keep, guarded, ctx), external=True
                 ),
                 judge,
                 ranking=self._local(graph, plan, ranges, ctx),
@@ -576,7 +591,7 @@ class Quantize(Pass):
             for k in kept
         ]
         self._quantized_weights.clear()
-        graph, around = self._lower_around(graph, ctx)
+        graph, around = self._lower_around(graph, ctx, guarded)
         # graphsurgeon tensors reference themselves (through their input and output lists),
         # so the FP32 weights replaced above are freed only by the cyclic collector, which
         # may not run before the caller exports the graph: another copy of the weights.
@@ -727,26 +742,108 @@ class Quantize(Pass):
             raised, how = raise_for(graph, needed)
         return raised, how
 
-    def _lower_around(self, graph: gs.Graph, ctx: PassContext) -> tuple[gs.Graph, list[dict]]:
+    def _lower_around(
+        self, graph: gs.Graph, ctx: PassContext, guarded: Guarded | None = None
+    ) -> tuple[gs.Graph, list[dict]]:
         """``high_precision``: the float ops around the Q/DQ lowered to FP16 or BF16 by the
         precision pass itself (its default keep list, its FP16 range guard on constants and
         calibration activations, a DequantizeLinear lowered with the op it fuses into, FP16
-        scales), its details under ``details.high_precision``; and the nodes it kept FP32."""
+        scales), its details under ``details.high_precision``; and the nodes it kept FP32.
+        After an automatic search, ``guarded`` is what its data guard found before the search
+        (``_guarded``), applied as every judged candidate had it: the graph judged ships."""
         options: Any = self.options
         if options.high_precision == "fp32":
             return graph, []
-        inner = PassContext(scratch_dir=ctx.scratch_dir, log=ctx.log, calibration=ctx.calibration)
-        lowering = Precision(Precision.Options(dtype=options.high_precision))
-        result = lowering.run(graph, inner)
-        ctx.details["high_precision"] = inner.details
+        inner = PassContext(scratch_dir=ctx.scratch_dir, log=ctx.log)
+        if guarded is None:
+            inner.calibration = ctx.calibration
+        result = self._lowering(guarded).run(graph, inner)
+        reasons = guarded.reasons if guarded is not None else {}
+        kept = [{**k, "reason": reasons.get(k["node"], k["reason"])} for k in result.kept]
+        inner.details["kept_fp32"] = kept
+        ctx.details["high_precision"] = {**(guarded.details if guarded else {}), **inner.details}
         ctx.warnings += [
             w.replace("precision:", "quantize.high_precision:", 1) for w in inner.warnings
         ]
         around = [
-            {**k, "reason": f"high_precision {options.high_precision}: {k['reason']}"}
-            for k in result.kept
+            {**k, "reason": f"high_precision {options.high_precision}: {k['reason']}"} for k in kept
         ]
         return result.graph, around
+
+    def _lowering(self, guarded: Guarded | None) -> Precision:
+        """The precision pass ``high_precision`` runs, keeping the ``guarded`` nodes too."""
+        options: Any = self.options
+        names = sorted(guarded.reasons) if guarded is not None else []
+        keep = {"nodes": ["^(?:" + "|".join(map(re.escape, names)) + ")$"]} if names else {}
+        return Precision(
+            Precision.Options.model_validate({"dtype": options.high_precision, "keep_fp32": keep})
+        )
+
+    def _guarded(
+        self, graph: gs.Graph, plan: Plan, ranges: dict[str, float], ctx: PassContext
+    ) -> Guarded | None:
+        """What the precision pass's data guard keeps FP32 around every unit quantized (None
+        for high_precision fp32), measured once for the whole search.
+
+        Sound to reuse for every candidate: the activation guard reads each float tensor's
+        range and the share of it FP16 would flush, and the local error runs each node alone in
+        FP16 on its captured inputs. Both are properties of the values that flow, which a Q/DQ
+        changes only by rounding to a step of amax / 127 (or clipping at amax, which never
+        widens a range): a candidate's tensors are the same tensors, its Q/DQ a subset of the
+        same names. A node near a threshold could go either way; the same decision is then
+        applied to the graph that ships (``_lower_around``), so it is the graph judged. What
+        does depend on the candidate's structure the precision pass redoes for each one
+        without data: the constant guard (a unit left in float has its FP32 weight, not a
+        scale), the keep list, and which ops share a DequantizeLinear's type. A consumer kept
+        with a guarded DequantizeLinear stays kept in a candidate without it: conservative."""
+        options: Any = self.options
+        if options.high_precision == "fp32":
+            return None
+        if ctx.calibration is None or options.high_precision != "fp16":  # BF16 has no guard
+            return Guarded({}, {})
+        quantized = self.apply(graph.copy(), plan, ranges, set())
+        measured = PassContext(
+            scratch_dir=ctx.scratch_dir, log=ctx.log, calibration=ctx.calibration
+        )
+        lowering = self._lowering(None)
+        with_data = {k["node"]: k["reason"] for k in lowering.run(quantized.copy(), measured).kept}
+        structural = PassContext(scratch_dir=ctx.scratch_dir, log=ctx.log)
+        without = {k["node"] for k in lowering.run(quantized, structural).kept}
+        ctx.warnings += [
+            w.replace("precision:", "quantize.high_precision:", 1) for w in measured.warnings
+        ]
+        reasons = {node: why for node, why in with_data.items() if node not in without}
+        return Guarded(reasons, measured.details)
+
+    def _candidate(
+        self,
+        graph: gs.Graph,
+        plan: Plan,
+        ranges: dict[str, float],
+        keep: set[str],
+        guarded: Guarded | None,
+        ctx: PassContext,
+    ) -> gs.Graph:
+        """The graph the search judges for ``keep``: the one that would ship, with FP16 around
+        it. BF16 has no ONNX Runtime CPU kernels: its candidate is an FP32 graph in which the
+        nodes the precision pass lowers see and produce values rounded to BF16 (TensorRT
+        accumulates in FP32 too), as the precision pass's own search judges BF16."""
+        candidate = self.apply(graph.copy(), plan, ranges, keep)
+        if guarded is None:
+            return candidate
+        lowering = self._lowering(guarded)
+        inner = PassContext(scratch_dir=ctx.scratch_dir, log=ctx.log)
+        if self.options.high_precision == "fp16":  # type: ignore[attr-defined]
+            return lowering.run(candidate, inner).graph
+        names = {n.name for n in candidate.nodes}
+        lowered = lowering.run(candidate.copy(), inner).graph
+        rounded = {
+            n.name
+            for n in lowered.nodes
+            if n.name in names
+            and any(onnx_dtype(t) == onnx.TensorProto.BFLOAT16 for t in n.outputs)
+        }
+        return lowering.lower(candidate, rounded, emulate=True)
 
     def _coverage(self, macs: dict[str, int | None], quantized: set[str]) -> dict[str, Any]:
         """``coverage``, and for a type other than INT8 which type it counts."""
