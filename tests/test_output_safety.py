@@ -6,13 +6,15 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 import trtopt
-from helpers import MODELS, RANGES
+from helpers import MODELS, RANGES, hostile_recipe
 from trtopt.cli import main
 from trtopt.staging import MARKER, OutputError
 
@@ -130,3 +132,41 @@ def test_output_folders_get_the_users_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+
+
+def test_user_code_is_imported_without_writing_bytecode_beside_it(tmp_path):
+    """A plugin and a data script are run, not compiled into a __pycache__ folder beside them:
+    trtopt writes only its output and its cache. Run with Python's bytecode writing on, as a
+    user's shell has it."""
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "plugin.py").write_text(
+        "from trtopt import Pass, register_pass\n\n"
+        "@register_pass('noop-plugin')\n"
+        "class Noop(Pass):\n"
+        "    def run(self, graph, ctx):\n"
+        "        return graph\n"
+    )
+    (user / "data.py").write_text(
+        "import numpy as np\n\n"
+        "def load_data():\n"
+        "    yield {'pixel_values': np.ones((1, 3, 32, 32), np.float32)}\n"
+    )
+    recipe = hostile_recipe(
+        user,
+        plugins=["plugin.py"],
+        passes=["noop-plugin"],
+        check={"samples": 1, "latency_runs": 0, "data": {"script": "data.py"}},
+        output=str(tmp_path / "out"),
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trtopt", "compile", str(recipe), "--no-cache"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONWARNINGS": "ignore"},
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in user.iterdir()) == ["data.py", "plugin.py", "recipe.yaml"]

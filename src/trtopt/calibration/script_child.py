@@ -60,6 +60,9 @@ def serve(path: str, function: str, requests: BinaryIO, out: BinaryIO) -> None:
     """Import the script, then answer each request byte with the next feed."""
     import importlib.util
 
+    # No __pycache__ beside the user's script (or what it imports): trtopt writes only where
+    # it is told to. This process runs the script alone, so the setting stays.
+    sys.dont_write_bytecode = True
     try:
         spec = importlib.util.spec_from_file_location("trtopt_data_script", path)
         if spec is None or spec.loader is None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
-import importlib.util
 import pkgutil
 import re
 import sys
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import RecipeError, did_you_mean
-from ..usercode import no_exit
+from ..usercode import import_file, no_exit
 from .base import Pass
 
 ENTRY_POINT_GROUP = "trtopt.passes"
@@ -144,13 +143,9 @@ def load_plugin(path: Path) -> dict[str, type[Pass]]:
         passes = _PLUGIN_PASSES.get(module_name, {})
         _REGISTRY.update(passes)
         return dict(passes)
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
     try:
         with no_exit():
-            spec.loader.exec_module(module)
+            import_file(module_name, path)
     except KeyboardInterrupt:
         _forget(module_name)
         raise
