@@ -14,12 +14,14 @@ import pytest
 
 import trt_rtx
 from helpers import DIMS, MODELS, RANGES, model_feeds, ort_run, run_cli
+from test_public_models import public_models  # noqa: F401  (the fixture: pretrained models)
+from test_quantize_fp8 import PADDLE_CLS, text_lines
 from trtopt import feeds
-from trtopt.calibration import DataSet, DataSource, split_graph
+from trtopt.calibration import DataSet, DataSource, ranges, split_graph
 from trtopt.errors import EXIT_USER
 from trtopt.passes import PassContext
 from trtopt.passes.quantize import Quantize
-from trtopt.passes.sensitivity import AutoOptions, Judge
+from trtopt.passes.sensitivity import AutoOptions, Judge, metric_values, run
 
 CNN, BERT = MODELS / "cnn_legacy.onnx", MODELS / "bert_dynamo.onnx"
 TRT_DIMS = {"sequence": (1, 8, 16)}
@@ -267,3 +269,34 @@ def test_compile_reports_excluded_nodes_and_fails_bad_options(tmp_path, write_re
     recipe["passes"] = [{"quantize": {"symmetric": False}}]
     result = run_cli("compile", str(write_recipe(recipe)))
     assert result.returncode == EXIT_USER and "zero point" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_calibrator_auto_keeps_the_best_scoring_ranges_on_a_pretrained_model(
+    tmp_path,
+    monkeypatch,
+    public_models,  # noqa: F811
+):
+    """PaddleOCR's text direction classifier in INT8: calibrator auto judges entropy, minmax
+    and percentile ranges from one collection of histograms, keeps the best, and ships a graph
+    whose held-out score is that one's (measured as the judge measures it)."""
+    source = onnx.load(str(public_models / PADDLE_CLS))
+    batch, _, height, width = source.graph.input[0].type.tensor_type.shape.dim
+    batch.dim_param, height.dim_value, width.dim_value = "batch", 48, 192
+    for index, feed in enumerate(text_lines(8, seed=1)):
+        np.savez(tmp_path / f"{index:02d}.npz", **feed)
+    data = DataSet(DataSource(npz=str(tmp_path / "*.npz")), feeds.model_inputs(source))
+    held_out = text_lines(8, seed=2)
+    ctx = PassContext(scratch_dir=tmp_path, calibration=data, validation=held_out)
+    passes = []
+    streamed = ranges.collect
+    monkeypatch.setattr(ranges, "collect", lambda *a, **k: passes.append(1) or streamed(*a, **k))
+    options = Quantize.Options.model_validate({"calibrator": "auto"})
+    model = gs.export_onnx(Quantize(options).run(gs.import_onnx(source), ctx).graph)
+    calibration = ctx.details["calibration"]
+    scores = calibration["scores"]
+    assert list(scores) == ["entropy", "minmax", "percentile"] and len(passes) == 1
+    best = max(scores, key=scores.get)
+    assert calibration["calibrator"] == best and scores[best] > scores["entropy"], scores
+    shipped, _ = metric_values("cosine", run(source, held_out), run(model, held_out))
+    assert shipped == pytest.approx(scores[best], abs=1e-6)

@@ -11,7 +11,7 @@ _EXPORTS = {
     # Not `collect` itself: the function shares its module's name, which importing the module
     # would put in its place here. Import it from trtopt.calibration.collect.
     "collect": ("split", "split_graph"),
-    "ranges": ("CalibrationResult", "calibrate", "model_digest"),
+    "ranges": ("CalibrationResult", "calibrate", "calibrate_each", "model_digest"),
     "source_specs": ("DataSource", "ImageSource", "SyntheticSource"),
     "sources": ("DataSet",),
 }
@@ -35,6 +35,6 @@ if TYPE_CHECKING:
     from .cache import RANGES_FOLDER, ranges_cache, tensorrt_cache
     from .calibrators import CALIBRATORS, AbsHistogram, compute_amax
     from .collect import split, split_graph
-    from .ranges import CalibrationResult, calibrate, model_digest
+    from .ranges import CalibrationResult, calibrate, calibrate_each, model_digest
     from .source_specs import DataSource, ImageSource, SyntheticSource
     from .sources import DataSet

@@ -67,31 +67,66 @@ def calibrate(
     ``weights``: the values of ``model``'s graph inputs that stand for its weights (a model
     from ``split`` or ``split_graph``). ``cache_dir``: the range files' folder; default: the
     one the enclosing compile names (:func:`ranges_cache`), none outside a compile."""
+    found = calibrate_each(
+        model, data, tensors, [calibrator], percentile, bins, memory_budget, use_cache, cache_dir,
+        weights,
+    )  # fmt: skip
+    return found[calibrator]
+
+
+def calibrate_each(
+    model: onnx.ModelProto,
+    data: DataSet,
+    tensors: Sequence[str],
+    calibrators: Sequence[str],
+    percentile: float = 99.99,
+    bins: int = DEFAULT_BINS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    use_cache: bool = True,
+    cache_dir: Path | None = None,
+    weights: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, CalibrationResult]:
+    """``calibrate`` by each of ``calibrators``, from one streaming collection of histograms
+    (each calibrator reads the same histogram its own way), each cached on its own."""
     folder = (cache_dir if cache_dir is not None else current_folder()) if use_cache else None
-    settings = {
-        # Versions too: a cache must not outlive a change in the code that produced it.
-        "algorithm": ALGORITHM_VERSION,
-        "collect": COLLECT_VERSION,
-        "trtopt": __version__,
-        "onnxruntime": ort.__version__,
-        "calibrator": calibrator,
-        "percentile": percentile if calibrator == "percentile" else None,
-        "bins": bins,
-        "tensors": sorted(tensors),
-    }
-    key = None
-    if folder is not None:
-        key = cache_key(model_digest(model, weights), data.fingerprint(), settings)
-        cached = load_ranges(key, folder)
-        if cached is not None and set(cached) >= set(tensors):
-            log.info("calibration ranges from the cache")
-            return CalibrationResult(cached, cached=True, settings=settings)
-    histograms = {name: AbsHistogram(bins) for name in tensors}
+    digest = model_digest(model, weights) if folder is not None else ""
+    results: dict[str, CalibrationResult] = {}
+    missing: dict[str, tuple[str | None, dict]] = {}
+    for calibrator in calibrators:
+        settings = {
+            # Versions too: a cache must not outlive a change in the code that produced it.
+            "algorithm": ALGORITHM_VERSION,
+            "collect": COLLECT_VERSION,
+            "trtopt": __version__,
+            "onnxruntime": ort.__version__,
+            "calibrator": calibrator,
+            "percentile": percentile if calibrator == "percentile" else None,
+            "bins": bins,
+            "tensors": sorted(tensors),
+        }
+        key = None
+        if folder is not None:
+            key = cache_key(digest, data.fingerprint(), settings)
+            cached = load_ranges(key, folder)
+            if cached is not None and set(cached) >= set(tensors):
+                log.info("calibration ranges (%s) from the cache", calibrator)
+                results[calibrator] = CalibrationResult(cached, cached=True, settings=settings)
+                continue
+        missing[calibrator] = (key, settings)
+    if missing:
+        histograms = {name: AbsHistogram(bins) for name in tensors}
 
-    def observe(name: str, array) -> None:
-        histograms[name].update(array)
+        def observe(name: str, array) -> None:
+            histograms[name].update(array)
 
-    count = collect(model, data, list(tensors), observe, memory_budget, weights=weights)
-    ranges = {name: compute_amax(hist, calibrator, percentile) for name, hist in histograms.items()}
-    path = save_ranges(key, ranges, folder) if key is not None and folder is not None else None
-    return CalibrationResult(ranges, cached=False, feeds=count, cache_file=path, settings=settings)
+        count = collect(model, data, list(tensors), observe, memory_budget, weights=weights)
+        for calibrator, (key, settings) in missing.items():
+            ranges = {
+                name: compute_amax(hist, calibrator, percentile)
+                for name, hist in histograms.items()
+            }
+            path = save_ranges(key, ranges, folder) if key and folder is not None else None
+            results[calibrator] = CalibrationResult(
+                ranges, cached=False, feeds=count, cache_file=path, settings=settings
+            )
+    return {calibrator: results[calibrator] for calibrator in calibrators}

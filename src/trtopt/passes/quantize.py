@@ -41,7 +41,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field, ValidationInfo, field_validator
 
-from ..calibration import calibrate, split_graph, tensorrt_cache
+from ..calibration import calibrate_each, split_graph, tensorrt_cache
 from ..calibration.calibrators import Calibrator
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, collect
 from ..errors import DataError, RecipeError
@@ -130,7 +130,9 @@ DEFAULT_CALIBRATORS = {"int8": "entropy", "fp8": "minmax"}
 recognizer and classifier (worst held-out cosine on rendered text): FP8 with minmax ranges
 0.993 / 0.915 / 0.995, with entropy ranges 0.978 / 0.390 / 0.984. INT8 keeps entropy, TensorRT's
 own default (minmax was better for INT8 on these three too; choosing per model by the
-validation score is a calibrator of its own, not a default)."""
+validation score is ``calibrator: auto``, which costs a judgement per calibrator)."""
+AUTO_CALIBRATORS = ("entropy", "minmax", "percentile")
+"""What ``calibrator: auto`` chooses from, ties going to the earlier (entropy: TensorRT's)."""
 
 # -- what TensorRT cannot run in FP8 ----------------------------------------------------------
 
@@ -410,11 +412,14 @@ class Quantize(Pass):
         Runtime's CPU kernels gain nothing from FP16); an explicit value wins. ``auto`` judges
         its candidates with this type around them (bf16 rounded in an FP32 graph: ONNX
         Runtime's CPU has no BF16 kernels)."""
-        calibrator: Calibrator | None = None
+        calibrator: Calibrator | Literal["auto"] | None = None
         """How activation ranges are chosen from the calibration histograms. Default: entropy
         (TensorRT's) for int8, minmax for fp8, whose exponent holds the outliers that entropy
-        clips for INT8's even steps. Not for int4 (weight-only: no activation ranges), nor are
-        percentile, per_channel, pooling, residual_add and bins."""
+        clips for INT8's even steps. auto: entropy, minmax and percentile from one collection of
+        histograms, the model quantized with each (what goes around included) judged on the
+        validation data by ``auto``'s metric and samples (without ``auto``: cosine, 8 feeds),
+        the best kept (details.calibration.scores). Not for int4 (weight-only: no activation
+        ranges), nor are percentile, per_channel, pooling, residual_add and bins."""
         percentile: Annotated[float, Field(gt=50, le=100)] = 99.99
         """The percentile calibrator's percentile of |x|."""
         per_channel: bool = True
@@ -538,19 +543,20 @@ class Quantize(Pass):
             ctx.details[coverage_key] = self._coverage(macs, set())
             graph, around = self._lower_around(graph, ctx)
             return PassResult(graph, kept=around, coverage=ctx.details[coverage_key])
+        ranges: dict[str, float] = {}
+        guarded: Guarded | None = None  # calibrator auto measures it first
         if qtype is INT4:
-            ranges: dict[str, float] = {}
             self._int4_details(plan, ctx)
             if options.method == "awq":
                 self._search_awq(graph, plan, ctx)
         else:
-            ranges = self._calibrate(graph, activations, ctx)
+            ranges, guarded = self._calibrate(graph, plan, activations, ctx)
 
         kept: list[dict] = []
         excluded: set[str] = set()
-        guarded: Guarded | None = None
         if options.auto is not None:
-            guarded = self._guarded(graph, plan, ranges, ctx)
+            if guarded is None:
+                guarded = self._guarded(graph, plan, ranges, ctx)
             # Every judgement runs a candidate whose weights ONNX Runtime is handed as arrays
             # (shared with this graph, INT8 ones quantized once): for a large model, exporting
             # and serializing every candidate whole cost more than running it.
@@ -612,9 +618,11 @@ class Quantize(Pass):
         return data
 
     def _calibrate(
-        self, graph: gs.Graph, activations: list[str], ctx: PassContext
-    ) -> dict[str, float]:
-        """Activation ranges (amax) by tensor, calibrated on ``ctx.calibration``."""
+        self, graph: gs.Graph, plan: Plan, activations: list[str], ctx: PassContext
+    ) -> tuple[dict[str, float], Guarded | None]:
+        """Activation ranges (amax) by tensor, calibrated on ``ctx.calibration``; and for
+        calibrator auto, what the data guard kept around the Q/DQ (``_guarded``) while
+        judging (else None: not measured)."""
         options: Any = self.options
         data = self._data(ctx)
         calibrator = options.calibrator or DEFAULT_CALIBRATORS[self.qtype.name]
@@ -622,11 +630,11 @@ class Quantize(Pass):
         # arrays: a whole export would hold another copy of every weight, and the serialized
         # model and ONNX Runtime's initializers two more.
         reference, weights = split_graph(graph)
-        result = calibrate(
+        results = calibrate_each(
             reference,
             data,
             activations,
-            calibrator=calibrator,
+            AUTO_CALIBRATORS if calibrator == "auto" else [calibrator],
             percentile=options.percentile,
             bins=options.bins,
             memory_budget=options.memory_budget,
@@ -634,6 +642,13 @@ class Quantize(Pass):
             weights=weights,
         )
         del reference, weights
+        scores: dict[str, float] = {}
+        guarded = None
+        if calibrator == "auto":
+            calibrator, scores, guarded = self._choose(
+                graph, plan, {name: found.ranges for name, found in results.items()}, ctx
+            )
+        result = results[calibrator]
         ctx.details["calibration"] = {
             "data": data.describe(),
             "synthetic": data.synthetic,
@@ -643,10 +658,37 @@ class Quantize(Pass):
             "tensors": len(activations),
             "cache_file": str(result.cache_file) if result.cache_file else None,
         }
+        if scores:
+            ctx.details["calibration"]["scores"] = scores
         if ctx.artifacts_dir is not None and self.qtype is INT8:
             # TensorRT's INT8 calibration cache (scales amax / 127); FP8 has no such file.
             (ctx.artifacts_dir / "calibration.cache").write_text(tensorrt_cache(result.ranges))
-        return result.ranges
+        return result.ranges, guarded
+
+    def _choose(
+        self,
+        graph: gs.Graph,
+        plan: Plan,
+        ranges: dict[str, dict[str, float]],
+        ctx: PassContext,
+    ) -> tuple[str, dict[str, float], Guarded | None]:
+        """calibrator auto: the calibrator whose ranges, every unit quantized, give the best
+        validation score, each candidate judged as it would ship (``_candidate``; the data
+        guard measured once, with the first calibrator's ranges, as the search reuses it);
+        each calibrator's score; and that guard's finding."""
+        options: Any = self.options
+        scoring = options.auto or AutoOptions(metric="cosine", min=-1.0)
+        judge = self._judge(split_graph(graph, external=True), ctx, scoring, "calibrator auto")
+        guarded = self._guarded(graph, plan, ranges[AUTO_CALIBRATORS[0]], ctx)
+        scores = {
+            name: judge(
+                split_graph(self._candidate(graph, plan, found, set(), guarded, ctx), external=True)
+            )[0]
+            for name, found in ranges.items()
+        }
+        best = min(scores, key=lambda name: scoring.effect(scores[name]))  # ties: the earlier
+        ctx.log.info("quantize: calibrator auto chose %s (%s)", best, scores)
+        return best, scores, guarded
 
     def _int4_details(self, plan: Plan, ctx: PassContext) -> None:
         """What the report says of an INT4 run: the method, the block size, and the layers
@@ -868,11 +910,20 @@ class Quantize(Pass):
         nodes = [n for n in graph.nodes if n.name in units]
         return local_snr(graph, nodes, alone, ctx.calibration, memory_budget=options.memory_budget)
 
-    def _judge(self, reference: Candidate, ctx: PassContext) -> Judge:
-        auto: Any = self.options.auto
+    def _judge(
+        self,
+        reference: Candidate,
+        ctx: PassContext,
+        auto: AutoOptions | None = None,
+        what: str = "auto",
+    ) -> Judge:
+        """Judges candidates against ``reference`` on the validation feeds by ``auto`` (default:
+        the options' ``auto``); ``what`` names the option that needs them."""
+        auto = auto or self.options.auto  # type: ignore[attr-defined]
+        assert auto is not None
         feeds = (ctx.validation or ctx.feeds)[: auto.samples]
         if not feeds:
-            raise DataError("quantize.auto needs validation data (data.validation or check)")
+            raise DataError(f"quantize.{what} needs validation data (data.validation or check)")
         try:
             return Judge(reference, feeds, auto)
         except ValueError as error:
