@@ -30,6 +30,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field
 
+from .. import graph_io
 from ..calibration import split_graph
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, Observer, collect
 from ..errors import DataError, RecipeError
@@ -70,6 +71,10 @@ detector, recognizer and classifier, Silero VAD, BERT), 40 dB for a layer that c
 terms on synthetic data; PP-OCRv4's BatchNormalization whose variance FP16 cannot hold: -25."""
 LOCAL_REPORTED = 10
 """The nodes of worst local error the report lists."""
+LOCAL_WEIGHTS_LIMIT = 1 << 30
+"""Weights (bytes) above which the local error is not measured: a model this large is saved
+with external data (model.EXTERNAL_DATA_THRESHOLD), and its per-node sessions would hold its
+weights a second time."""
 QDQ_FP16_OPSET = 19
 """QuantizeLinear/DequantizeLinear take FP16/BF16 scales from opset 19."""
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -245,7 +250,12 @@ class Precision(Pass):
             measured = [n for n in graph.nodes if n.name in lowered and n.op not in EXACT_OPS]
             candidates = [n.name for n in measured]
             ranks = uses_ranking(options.auto, len(candidates)) and options.dtype == "fp16"
-            if local is None and ranks and ctx.calibration is not None:
+            if (
+                local is None
+                and ranks
+                and ctx.calibration is not None
+                and self._local_fits(graph, ctx)
+            ):
                 local = self._local(graph, measured, ctx.calibration, ctx)
             # BF16 has no ONNX Runtime CPU kernels: judge an FP32 graph that rounds every
             # lowered value to BF16 instead (TensorRT accumulates in FP32 as well).
@@ -386,7 +396,7 @@ class Precision(Pass):
             entry[2] += float(np.count_nonzero(nonzero & (values < FP16_TINY / 2)))
 
         local = None
-        if guard.min_local_snr_db is not None:
+        if guard.min_local_snr_db is not None and self._local_fits(graph, ctx):
             measured = [
                 n
                 for n in float_nodes
@@ -433,6 +443,21 @@ class Precision(Pass):
                     f"(below {limit:g})"
                 )
         return found, local
+
+    @staticmethod
+    def _local_fits(graph: gs.Graph, ctx: PassContext) -> bool:
+        """Whether the local error can be measured: each node's session holds its own
+        weights (in FP16, next to the FP32 model that streams the data), so above
+        LOCAL_WEIGHTS_LIMIT of weights that would hold the model again (a 2 GiB transformer
+        peaked at 2.8x its size). The guard's constant and activation checks still run."""
+        weights = sum(graph_io.nbytes(c) for c in graph_io.constants(graph))
+        if weights <= LOCAL_WEIGHTS_LIMIT:
+            return True
+        ctx.details["local_error"] = (
+            f"not measured: {weights / 2**30:.2f} GiB of weights, over "
+            f"{LOCAL_WEIGHTS_LIMIT / 2**30:g} GiB (every node's session would hold its own)"
+        )
+        return False
 
     def _local(
         self,
