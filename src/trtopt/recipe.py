@@ -42,9 +42,11 @@ Quantile = Annotated[float, Field(gt=0, lt=1)]
 
 
 class Strict(BaseModel):
-    """Base of every recipe section: unknown keys are errors."""
+    """Base of every recipe section: unknown keys are errors. Validators are built when a
+    section is first validated (``defer_build``), not as the class is made: a command that
+    reads no recipe does not pay for them."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_fields)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=describe_fields, defer_build=True)
 
 
 class ProfileSpec(Strict):

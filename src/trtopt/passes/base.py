@@ -19,9 +19,13 @@ if TYPE_CHECKING:  # for annotations only: validating a recipe's options loads n
 
 
 class PassOptions(BaseModel):
-    """Options of a pass. Unknown keys are errors, so a typo never silently does nothing."""
+    """Options of a pass. Unknown keys are errors, so a typo never silently does nothing.
+    Validators are built when options are first validated (``defer_build``): a recipe pays
+    only for the passes it names."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=describe_fields)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, json_schema_extra=describe_fields, defer_build=True
+    )
 
 
 @dataclass
