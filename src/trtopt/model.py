@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -156,9 +157,31 @@ def check_file(path: Path) -> None:
 
 
 def tensor_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size of every tensor: what makes a model large. (``model.ByteSize()``
-    itself wraps around past 2 GiB.)"""
-    return sum(t.ByteSize() for t in onnx.external_data_helper._get_all_tensors(model))
+    """Size of every tensor's values: what makes a model large. (``model.ByteSize()`` itself
+    wraps around past 2 GiB.)"""
+    return sum(_value_bytes(t) for t in onnx.external_data_helper._get_all_tensors(model))
+
+
+_PACKED_4BIT = {
+    getattr(onnx.TensorProto, name)
+    for name in ("INT4", "UINT4", "FLOAT4E2M1")
+    if hasattr(onnx.TensorProto, name)
+}
+
+
+def _value_bytes(tensor: onnx.TensorProto) -> int:
+    """A tensor's bytes: raw data counted from its dims and type, since protobuf's ByteSize
+    (and reading ``raw_data``) walks or copies every byte, about a second per 440 MB weight;
+    other encodings by their serialized size."""
+    if not tensor.HasField("raw_data"):
+        return tensor.ByteSize()
+    count = math.prod(tensor.dims)
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    try:
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    except (KeyError, ValueError, TypeError):  # a type numpy has no dtype for
+        return tensor.ByteSize()
 
 
 def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = None) -> list[Path]:
