@@ -47,7 +47,12 @@ class _Writer:
         return name
 
     def random(self, name: str, shape: tuple[int, ...], scale: float) -> str:
-        return self.add(name, self.rng.standard_normal(shape, dtype=np.float32) * scale)
+        """Uniform values with standard deviation ``scale``: what matters here is the scale,
+        and uniform draws take a third of the time of normal ones (2 GiB of weights)."""
+        values = self.rng.random(shape, dtype=np.float32)
+        values -= 0.5
+        values *= 2 * math.sqrt(3) * scale  # the std of U(-a, a) is a / sqrt(3)
+        return self.add(name, values)
 
 
 def make_transformer(path: Path, layers: int, hidden: int, heads: int = 8, seed: int = 0) -> Path:
