@@ -187,6 +187,11 @@ def nbytes(constant: gs.Constant) -> int:
     return int(constant._values.nbytes)
 
 
+def weight_bytes(graph: gs.Graph) -> int:
+    """Size of every constant's values in ``graph`` (subgraphs too), loaded or not."""
+    return sum(nbytes(c) for c in constants(graph))
+
+
 def signature(constant: gs.Constant, head: int = 4096) -> tuple:
     """What identifies a constant's values cheaply: where an on-disk one lives, else its dtype,
     shape and leading bytes."""

@@ -534,7 +534,7 @@ def _load_path(path: Path) -> gs.Graph:
 
 def is_large(graph: gs.Graph) -> bool:
     """Weights past the size at which models are saved with external data (1 GiB)."""
-    return sum(graph_io.nbytes(c) for c in graph_io.constants(graph)) > EXTERNAL_DATA_THRESHOLD
+    return graph_io.weight_bytes(graph) > EXTERNAL_DATA_THRESHOLD
 
 
 def _op_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

@@ -30,16 +30,33 @@ import onnxruntime as ort
 from ..calibration import DataSet, split_graph
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, Observer, collect, groups
 from ..calibration.sources import cut
-from ..graph_io import peek
+from ..graph_io import peek, weight_bytes
 from ..metrics import snr_db
+from ..model import EXTERNAL_DATA_THRESHOLD
 
 log = logging.getLogger("trtopt.passes")
 
 DEFAULT_SAMPLES = 4
 """Samples of the data set each layer is measured on (the worst counts)."""
+WEIGHTS_LIMIT = EXTERNAL_DATA_THRESHOLD
+"""Weights (bytes) above which the local error is not measured: each node's session holds its
+own weights beside the model that streams the data, which for a model this large (saved with
+external data) holds it a second time (a 2 GiB transformer's FP16 pass peaked at 2.8x its
+size)."""
 Lower = Callable[[gs.Graph, set[str]], gs.Graph]
 """Rewrites the named nodes of a graph into their lowered form, in place, and returns it
 (``Precision.lower``)."""
+
+
+def unmeasured(graph: gs.Graph) -> str | None:
+    """Why :func:`local_snr` would not measure ``graph`` (None: it would)."""
+    weights = weight_bytes(graph)
+    if weights <= WEIGHTS_LIMIT:
+        return None
+    return (
+        f"not measured: {weights / 2**30:.2f} GiB of weights, over {WEIGHTS_LIMIT / 2**30:g} GiB "
+        "(every node's session would hold its own)"
+    )
 
 
 def local_snr(

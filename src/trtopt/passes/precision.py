@@ -30,7 +30,6 @@ import onnx
 import onnx_graphsurgeon as gs
 from pydantic import Field
 
-from .. import graph_io
 from ..calibration import split_graph
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, Observer, collect
 from ..errors import DataError, RecipeError
@@ -47,7 +46,7 @@ from .graph_tools import (
     shape_nodes,
     with_types,
 )
-from .local_error import DEFAULT_SAMPLES, local_snr
+from .local_error import DEFAULT_SAMPLES, local_snr, unmeasured
 from .registry import register_pass
 from .sensitivity import AutoOptions, Judge, search, uses_ranking
 
@@ -71,10 +70,6 @@ detector, recognizer and classifier, Silero VAD, BERT), 40 dB for a layer that c
 terms on synthetic data; PP-OCRv4's BatchNormalization whose variance FP16 cannot hold: -25."""
 LOCAL_REPORTED = 10
 """The nodes of worst local error the report lists."""
-LOCAL_WEIGHTS_LIMIT = 1 << 30
-"""Weights (bytes) above which the local error is not measured: a model this large is saved
-with external data (model.EXTERNAL_DATA_THRESHOLD), and its per-node sessions would hold its
-weights a second time."""
 QDQ_FP16_OPSET = 19
 """QuantizeLinear/DequantizeLinear take FP16/BF16 scales from opset 19."""
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
@@ -446,18 +441,12 @@ class Precision(Pass):
 
     @staticmethod
     def _local_fits(graph: gs.Graph, ctx: PassContext) -> bool:
-        """Whether the local error can be measured: each node's session holds its own
-        weights (in FP16, next to the FP32 model that streams the data), so above
-        LOCAL_WEIGHTS_LIMIT of weights that would hold the model again (a 2 GiB transformer
-        peaked at 2.8x its size). The guard's constant and activation checks still run."""
-        weights = sum(graph_io.nbytes(c) for c in graph_io.constants(graph))
-        if weights <= LOCAL_WEIGHTS_LIMIT:
-            return True
-        ctx.details["local_error"] = (
-            f"not measured: {weights / 2**30:.2f} GiB of weights, over "
-            f"{LOCAL_WEIGHTS_LIMIT / 2**30:g} GiB (every node's session would hold its own)"
-        )
-        return False
+        """Whether the local error can be measured (``local_error.unmeasured``; details say
+        why not). The guard's constant and activation checks run either way."""
+        why = unmeasured(graph)
+        if why is not None:
+            ctx.details["local_error"] = why
+        return why is None
 
     def _local(
         self,

@@ -60,7 +60,7 @@ from .graph_tools import (
     shape_nodes,
     with_types,
 )
-from .local_error import local_snr
+from .local_error import local_snr, unmeasured
 from .precision import QDQ_FP16_OPSET, Precision
 from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search, uses_ranking
@@ -896,10 +896,15 @@ class Quantize(Pass):
         self, graph: gs.Graph, plan: Plan, ranges: dict[str, float], ctx: PassContext
     ) -> dict[str, float] | None:
         """Each unit's local error, quantized alone on its own FP32 inputs from the calibration
-        data (``local_error``), which the search judges worst first; None without data or
-        where the search measures every unit's effect alone."""
+        data (``local_error``), which the search judges worst first; None without data, for a
+        model too large to measure (``local_error.unmeasured``, said in the details), or where
+        the search measures every unit's effect alone."""
         options: Any = self.options
         if ctx.calibration is None or not uses_ranking(options.auto, len(plan.units)):
+            return None
+        why = unmeasured(graph)
+        if why is not None:  # the search judges in graph order instead
+            ctx.details["local_error"] = why
             return None
         units = set(plan.units)
 
