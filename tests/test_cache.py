@@ -17,6 +17,7 @@ import pytest
 import trtopt
 from helpers import ROOT, run_cli
 from trtopt import cache as stage_cache
+from trtopt import cache_keys
 from trtopt.cache import StageCache
 from trtopt.cli import main
 
@@ -215,7 +216,7 @@ def test_library_versions_join_the_key(tmp_path, write_recipe, monkeypatch):
     path = write_recipe(_recipe(tmp_path))
     trtopt.compile(path)
     changed = {**stage_cache.environment(), "onnxruntime": "0.0.0-other"}
-    monkeypatch.setattr(stage_cache, "environment", lambda: changed)
+    monkeypatch.setattr(cache_keys, "environment", lambda: changed)
     result = trtopt.compile(path)
     assert result.report["cache"]["compile"] == "miss"
     assert _cached(result.report) == [False, False, False]

@@ -64,8 +64,9 @@ def test_a_declared_shape_is_in_the_pass_keys(write_recipe, recipe_for, tmp_path
 def test_where_calibration_runs_joins_the_data_and_compile_keys(tmp_path):
     from pathlib import Path
 
-    from trtopt.cache import StageCache, digest
+    from trtopt.cache import StageCache
     from trtopt.compile_cache import cache_keys, compile_settings
+    from trtopt.digests import digest
     from trtopt.inputs import apply_input_overrides, check_feeds, pass_data
     from trtopt.model import load_model
     from trtopt.recipe import load_recipe

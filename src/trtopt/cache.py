@@ -1,11 +1,10 @@
 """The stage cache: content-addressed pass outputs and compile results, safe to share.
 
-A key is a sha256 over everything that decides a result: the input graph (the source
-model's content, then the chain of keys before it), the pass's name and canonical options,
-the content of the data it read (only where it read any), trtopt's own source code and the
-versions of the libraries that compute (onnx, onnxruntime, polygraphy, ...). A whole compile
-is keyed by its final pass key plus the build and check settings and the check data, so an
-unchanged recipe recompiles by copying its artifacts.
+A key (cache_keys.py makes them) is a sha256 over everything that decides a result: the
+input graph, the pass's name and canonical options, the content of the data it read (only
+where it read any), trtopt's own source code and the versions of the libraries that compute
+(:func:`environment`). Standard library only: a compile served from the cache reads it
+without loading ONNX or NumPy.
 
 An entry is a folder written under ``tmp/``, every file fsynced, its manifest (file sizes and
 sha256) written last, then renamed into ``entries/`` in one step: a reader sees a complete
@@ -30,20 +29,17 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-import numpy as np
-
 from . import jsontext
 from ._version import installed
 from .calibration.cache import RANGES_FOLDER, TMP_PREFIX, read_ranges
+from .digests import digest, file_digest
 from .errors import UserError
-from .model import file_digest
-from .passes.base import PassContext
 from .staging import alive, owner, remove, remove_dead_scratch
 
 log = logging.getLogger("trtopt.cache")
@@ -94,12 +90,6 @@ def resolve_cache_dir(cli_dir: str | Path | None = None, recipe_dir: str | None 
 
 
 # -- keys ----------------------------------------------------------------------------------
-
-
-def digest(*parts: Any) -> str:
-    """sha256 of JSON-canonical parts (sorted keys, no whitespace variance)."""
-    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @cache
@@ -196,38 +186,6 @@ def _module_files(base: Path, parts: Sequence[str], root: Path) -> Iterator[Path
             if resolved.is_file() and resolved.is_relative_to(root):
                 yield resolved
         folder = folder / part
-
-
-def feeds_digest(feeds: Iterable[Mapping[str, np.ndarray]]) -> str:
-    """Hash of input feeds' names, dtypes, shapes and bytes."""
-    hasher = hashlib.sha256()
-    for feed in feeds:
-        for name in sorted(feed):
-            array = np.ascontiguousarray(feed[name])
-            hasher.update(repr((name, str(array.dtype), array.shape)).encode())
-            hasher.update(array.tobytes())
-    return hasher.hexdigest()
-
-
-def source_digest(model_files: Sequence[Path], inputs: Any) -> str:
-    """Key of the graph a compile starts from: the model's files and the declared inputs."""
-    hasher = hashlib.sha256()
-    for path in model_files:
-        hasher.update(file_digest(path).encode())
-    return digest("source", hasher.hexdigest(), inputs)
-
-
-class WatchedContext(PassContext):
-    """A PassContext that notes whether a pass read any data (calibration, validation or
-    check feeds): only then does that data's hash join the pass's key."""
-
-    _DATA_FIELDS = frozenset({"feeds", "calibration", "validation"})
-    data_read: bool = False
-
-    def __getattribute__(self, name: str) -> Any:
-        if name in WatchedContext._DATA_FIELDS:
-            object.__setattr__(self, "data_read", True)
-        return super().__getattribute__(name)
 
 
 # -- entries -------------------------------------------------------------------------------
@@ -599,55 +557,7 @@ class _Writer:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# -- what the pipeline uses ----------------------------------------------------------------
-
-
-class CacheKeys:
-    """The keys of one compile: a chain of pass keys, then the compile key.
-
-    ``data_digest`` is called at most once, and only when a pass is known to read data.
-    """
-
-    def __init__(self, cache: StageCache, source: str, data_digest: Callable[[], str]) -> None:
-        self.cache = cache
-        self.previous = source
-        self._data_digest = data_digest
-        self._data: str | None = None
-        self.hits = 0
-
-    def data(self) -> str:
-        if self._data is None:
-            self._data = self._data_digest()
-        return self._data
-
-    def base_key(self, pass_: Any) -> str:
-        options = pass_.options.model_dump(mode="json")
-        return digest(
-            "pass", self.previous, pass_.name, options, code_digest(type(pass_)), environment()
-        )
-
-    def pass_key(self, pass_: Any) -> tuple[str, str]:
-        """(base key, full key) of the next pass; the full key adds the data's hash when an
-        earlier run of this very step found that it reads data."""
-        base = self.base_key(pass_)
-        full = digest(base, "data", self.data()) if self.cache.reads_data(base) else base
-        return base, full
-
-    def advance(self, key: str) -> None:
-        self.previous = key
-
-    def probe(self, passes: Sequence[Any], settings: Any) -> str:
-        """The compile key that the chain would reach if every pass's key is as recorded."""
-        start = self.previous
-        try:
-            for pass_ in passes:
-                self.previous = self.pass_key(pass_)[1]
-            return self.compile_key(settings)
-        finally:
-            self.previous = start
-
-    def compile_key(self, settings: Any) -> str:
-        return digest("compile", self.previous, settings, environment())
+# -- what a pass wrote --------------------------------------------------------------------
 
 
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
@@ -671,11 +581,9 @@ __all__ = [
     "CACHE_ENV",
     "CacheError",
     "CacheInfo",
-    "CacheKeys",
     "Entry",
     "PruneResult",
     "StageCache",
-    "WatchedContext",
     "cache_info",
     "default_cache_dir",
     "prune_cache",

@@ -16,9 +16,11 @@ import onnx
 
 from . import feeds, report
 from . import html as html_report
-from .cache import CacheKeys, Entry, StageCache, digest, feeds_digest, source_digest
+from .cache import Entry, StageCache
+from .cache_keys import CacheKeys, feeds_digest, source_digest
 from .calibration import DataSet
-from .model import file_sha256, model_files
+from .digests import digest, file_sha256
+from .model import model_files
 from .recipe import Recipe
 from .staging import commit as commit_output
 from .staging import stage as stage_output

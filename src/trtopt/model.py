@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from pathlib import Path
@@ -14,13 +13,13 @@ from onnx.external_data_helper import (
     uses_external_data,
 )
 
+from .digests import files_digest
 from .errors import ModelError
 
 EXTERNAL_DATA_THRESHOLD = 1 << 30
 """Models whose protobuf is larger than this (1 GiB) are saved with external data; protobuf
 itself cannot serialize more than 2 GiB."""
 EXTERNAL_DATA_SUFFIX = ".data"
-_HASH_CHUNK = 1 << 20
 
 
 def _external_tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -210,30 +209,6 @@ def save_model(model: onnx.ModelProto, path: Path, external_data: bool | None = 
     return [path, data] if data.exists() else [path]
 
 
-def file_sha256(*paths: Path) -> str:
-    """One sha256 over the files in order, streamed so large weights never sit in memory."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-_DIGESTS: dict[tuple[int, ...], str] = {}
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of one file, remembered while the same file (device, inode) keeps its size and
-    modification time: a compile asks for its model's several times (cache key, report,
-    golden), cache entries are checked on every read, and a large file takes seconds."""
-    stat = path.stat()
-    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = file_sha256(path)
-    return _DIGESTS[key]
-
-
 def model_files(path: Path) -> list[Path]:
     """A model file and the external data files it references, in that order."""
     header = onnx.load(str(path), load_external_data=False)
@@ -243,10 +218,7 @@ def model_files(path: Path) -> list[Path]:
 def model_sha256(path: Path) -> str:
     """Hash of a model: its file's sha256, or with external data, the sha256 of the model
     file's and its data files' sha256s in order."""
-    files = model_files(path)
-    if len(files) == 1:
-        return file_digest(path)
-    return hashlib.sha256("".join(file_digest(f) for f in files).encode()).hexdigest()
+    return files_digest(model_files(path))
 
 
 def op_histogram(model: onnx.ModelProto) -> dict[str, int]:

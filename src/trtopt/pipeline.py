@@ -24,16 +24,13 @@ from .backends import ONNX_ARTIFACT, Backend, BuildResult, get_backend
 from .backends.onnxruntime import ProviderChoice, choose_providers
 from .backends.profiles import derive_profiles
 from .backends.tensorrt import BackendOptionError
-from .cache import (
-    CacheKeys,
-    StageCache,
-    WatchedContext,
-    resolve_cache_dir,
-)
+from .cache import StageCache, resolve_cache_dir
+from .cache_keys import CacheKeys, WatchedContext
 from .calibration import DataSet, ranges_cache
 from .calibration.collect import session_providers
 from .compile_cache import cache_keys, compile_settings, from_cache, store_compile
 from .deploy import triton_place, write_model_repository
+from .digests import file_sha256
 from .errors import (
     EXIT_OK,
     BackendUnavailableError,
@@ -45,7 +42,6 @@ from .inputs import apply_input_overrides, check_feeds, pass_data
 from .model import (
     EXTERNAL_DATA_THRESHOLD,
     external_data_files,
-    file_sha256,
     load_model,
     model_files,
     model_sha256,

@@ -24,7 +24,9 @@ from pydantic import ValidationError
 
 from . import accuracy, graph_io
 from ._version import __version__
-from .cache import CacheKeys, Entry, StageCache, WatchedContext, digest, snapshot, written
+from .cache import Entry, StageCache, snapshot, written
+from .cache_keys import CacheKeys, WatchedContext
+from .digests import digest
 from .errors import EXIT_ACCURACY, PassError, RecipeError, TrtoptError, did_you_mean
 from .feeds import Feed
 from .model import EXTERNAL_DATA_THRESHOLD, check_file, load_model, op_histogram
