@@ -20,6 +20,13 @@ each block's clip ratio on calibration data and, with ``awq: {scale: true}``, a 
 scale first (trtopt.passes.awq), dividing the activation by it with one Mul ahead of the
 products that read it.
 
+``placement: onnxruntime`` places INT8 Q/DQ for ONNX Runtime's CPU kernels instead
+(trtopt.passes.ort_placement: outputs quantized too, so that its QDQ fusions form QLinearConv,
+QLinearMatMul, QLinearAdd ...); the calibration, exclusions and the automatic search are the
+same for both placements, which hand this pass a :class:`~trtopt.passes.qdq_plan.Plan`. The
+default is tensorrt here: a pass knows no backend; a recipe whose build is ONNX Runtime's
+gives it onnxruntime (trtopt.pipeline).
+
 ``high_precision: fp16 | bf16`` lowers the float ops around the Q/DQ with the ``precision``
 pass itself (its keep list and range guard; the Q/DQ take scales of that type). It defaults to
 fp32 here: a pass knows no backend; a recipe whose build is TensorRT's gives it fp16
@@ -32,7 +39,7 @@ from __future__ import annotations
 import gc
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import ml_dtypes  # onnx's own dependency: the numpy types of FLOAT8E4M3FN and friends
@@ -46,7 +53,7 @@ from ..calibration.calibrators import Calibrator
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, collect
 from ..errors import DataError, RecipeError
 from ..graph_io import peek
-from . import awq, blockwise
+from . import awq, blockwise, ort_placement
 from .base import Pass, PassContext, PassOptions, PassResult
 from .fusion.opset import opset
 from .fusion.pattern import constant_value
@@ -62,6 +69,7 @@ from .graph_tools import (
 )
 from .local_error import local_snr, unmeasured
 from .precision import QDQ_FP16_OPSET, Precision
+from .qdq_plan import Plan, Site
 from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search, uses_ranking
 
@@ -342,30 +350,6 @@ class AwqOptions(PassOptions):
 
 
 @dataclass
-class Site:
-    """One quantized input: a tensor feeding a node's input slot."""
-
-    node: str
-    slot: int
-    tensor: str
-    weight_axis: int | None = None
-    """Constant weights: the per-channel axis (None: per-tensor)."""
-    constant: bool = False
-    block_size: int | None = None
-    """INT4 weights: the block along ``weight_axis`` (K)."""
-
-
-@dataclass
-class Plan:
-    sites: list[Site] = field(default_factory=list)
-    units: list[str] = field(default_factory=list)
-    """Nodes that receive Q/DQ (what the auto search may keep in float)."""
-    reasons: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    """Nodes the quantized type's rules leave in float, with the rule and the reason."""
-
-
-@dataclass
 class Guarded:
     """What the precision pass's data guard kept FP32 around every unit quantized
     (``Quantize._guarded``): node -> reason, and that run's details (its local errors)."""
@@ -379,7 +363,8 @@ class Guarded:
 
 @register_pass("quantize")
 class Quantize(Pass):
-    """Calibrated INT8 or FP8 Q/DQ where TensorRT fuses them, or INT4 MatMul/Gemm weights.
+    """Calibrated INT8 or FP8 Q/DQ where TensorRT fuses them (or INT8 where ONNX Runtime's CPU
+    kernels do: ``placement``), or INT4 MatMul/Gemm weights.
 
     INT4 is weight-only: block-wise INT4 weights behind a DequantizeLinear, activations float."""
 
@@ -403,6 +388,14 @@ class Quantize(Pass):
         block would build as another block size); details.block_sizes names those."""
         awq: AwqOptions = AwqOptions()
         """int4 with method awq: what it searches."""
+        placement: Literal["tensorrt", "onnxruntime"] = "tensorrt"
+        """Whose INT8 kernels the Q/DQ are placed for. tensorrt: inputs of the quantized ops
+        only, so TensorRT fuses each with its bias, activation and residual. onnxruntime: the
+        node groups ONNX Runtime's CPU runs in integer (QLinearConv, QLinearMatMul, QGemm,
+        QLinearAdd, ...: outputs quantized too, UINT8 activations, a Relu folded into the Q,
+        INT32 biases; trtopt.passes.ort_placement), without which ONNX Runtime runs a QDQ graph
+        in float. In a recipe the default follows the build's backend; int8 only (pooling and
+        residual_add are TensorRT's rules)."""
         high_precision: Literal["fp32", "fp16", "bf16"] = "fp32"
         """The type of the float ops around the Q/DQ: fp16 or bf16 lower them as the
         ``precision`` pass does (its keep list and FP16 range guard; the Q/DQ take scales of
@@ -463,6 +456,16 @@ class Quantize(Pass):
             unknown = [op for op in value if op not in allowed]
             if unknown:
                 raise ValueError(f"cannot quantize {unknown}; choose from {list(allowed)}")
+            return value
+
+        @field_validator("placement")
+        @classmethod
+        def _placement(cls, value: str, info: ValidationInfo) -> str:
+            dtype = info.data.get("dtype")
+            if value == "onnxruntime" and dtype not in (None, "int8"):
+                raise ValueError(
+                    f"onnxruntime has no {dtype} CPU kernels: placement onnxruntime is int8 only"
+                )
             return value
 
         @field_validator("method", "block_size", "awq")
@@ -536,7 +539,7 @@ class Quantize(Pass):
         if qtype is INT4:  # weight-only GEMMs: convolutions are not INT4's to take
             ops = {n.name: n.op for n in graph.nodes}
             macs = {name: count for name, count in macs.items() if ops[name] in INT4_OPS}
-        activations = sorted({s.tensor for s in plan.sites if not s.constant})
+        activations = plan.activations()
         coverage_key = f"{qtype.name}_coverage"
         if not plan.sites:
             ctx.details["quantized_nodes"] = 0
@@ -909,8 +912,7 @@ class Quantize(Pass):
         units = set(plan.units)
 
         def alone(single: gs.Graph, names: set[str]) -> gs.Graph:
-            sites = [s for s in plan.sites if s.node in names]
-            return self.apply(single, Plan(sites=sites), ranges, set())
+            return self.apply(single, plan.only(names), ranges, set())
 
         nodes = [n for n in graph.nodes if n.name in units]
         return local_snr(graph, nodes, alone, ctx.calibration, memory_budget=options.memory_budget)
@@ -949,6 +951,8 @@ class Quantize(Pass):
                 node, options.exclude.op_types, options.exclude.nodes
             ):
                 skipped.add(node.name)
+        if options.placement == "onnxruntime":
+            return ort_placement.plan(graph, options.op_types, skipped, options.per_channel)
         rules = {FP8: FP8_RULES, INT4: INT4_RULES}.get(self.qtype, ())
         ops = [op for op in options.op_types if self.qtype is not INT4 or op in INT4_OPS]
         quantized: set[str] = set()
@@ -1117,6 +1121,8 @@ class Quantize(Pass):
         producer, the DQ into each consumer). Weights are stored in the quantized type behind a
         DequantizeLinear (no QuantizeLinear on constants, as TensorRT and ModelOpt store them),
         per channel along the output-channel axis. INT4 weights are blocked (``_int4_weight``).
+        A plan for ONNX Runtime (``ort_placement``) also quantizes tensors for all their
+        readers, its activations in UINT8 with one DQ per reader, and biases in INT32.
         """
         qtype = self.qtype
         nodes = {n.name: n for n in graph.nodes}
@@ -1124,21 +1130,40 @@ class Quantize(Pass):
         require_opset(graph, qtype.opset)
         dequantized: dict[str, gs.Variable] = {}
         for site in plan.sites:
-            if site.node in keep:
+            if site.node in keep or plan.producers.get(site.tensor) in keep:
                 continue
             node, tensor = nodes[site.node], tensors[site.tensor]
             if qtype is INT4:
                 self._int4_weight(graph, node, tensor, site, dequantized)
                 continue
+            if site.bias:
+                bias = ort_placement.quantized_bias(graph, node, tensor)
+                if bias is not None:
+                    node.inputs[site.slot] = bias
+                continue
             if site.constant:
                 replacement = dequantized.get(site.tensor) or self._weight(graph, tensor, site)
             else:
-                amax = ranges.get(site.tensor, 0.0)
+                source = plan.alias.get(site.tensor, site.tensor)
+                amax = ranges.get(source, 0.0)
                 if not amax > 0.0 or not np.isfinite(amax):
                     continue  # an all-zero (or non-finite) tensor has no scale
-                replacement = dequantized.get(site.tensor) or _qdq(graph, tensor, amax, qtype)
+                replacement = dequantized.get(site.tensor)
+                if replacement is None and plan.runtime == "onnxruntime":
+                    replacement = ort_placement.qdq(graph, tensor, amax, source in plan.unsigned)
+                elif replacement is None:
+                    replacement = _qdq(graph, tensor, amax, qtype)
             dequantized[site.tensor] = replacement
-            node.inputs[site.slot] = replacement
+            if site.consumers:  # every reader but the QuantizeLinear behind the DQ
+                quantize = replacement.inputs[0].inputs[0].inputs[0]
+                for consumer in [c for c in tensor.outputs if c is not quantize]:
+                    for slot, read in enumerate(consumer.inputs):
+                        if read is tensor:
+                            consumer.inputs[slot] = replacement
+            else:
+                node.inputs[site.slot] = replacement
+        if plan.runtime == "onnxruntime":
+            ort_placement.dedicate(graph)
         graph.cleanup().toposort()
         return graph
 
