@@ -17,7 +17,7 @@ import pytest
 import trtopt
 from helpers import ROOT, run_cli
 from trtopt import cache as stage_cache
-from trtopt import cache_keys
+from trtopt import cache_keys, unchanged
 from trtopt.cache import StageCache
 from trtopt.cli import main
 
@@ -216,7 +216,8 @@ def test_library_versions_join_the_key(tmp_path, write_recipe, monkeypatch):
     path = write_recipe(_recipe(tmp_path))
     trtopt.compile(path)
     changed = {**stage_cache.environment(), "onnxruntime": "0.0.0-other"}
-    monkeypatch.setattr(cache_keys, "environment", lambda: changed)
+    for module in (cache_keys, unchanged):  # the keys, and the recipe's direct entry
+        monkeypatch.setattr(module, "environment", lambda: changed)
     result = trtopt.compile(path)
     assert result.report["cache"]["compile"] == "miss"
     assert _cached(result.report) == [False, False, False]
@@ -327,7 +328,7 @@ def test_cache_info_and_prune(tmp_path, write_recipe, capsys):
 
     assert main(["cache", "info", "--json", "--cache-dir", str(cache)]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["entries"] == 4 and data["by_kind"] == {"compile": 1, "pass": 3}
+    assert data["entries"] == 5 and data["by_kind"] == {"compile": 1, "direct": 1, "pass": 3}
     assert data["leftovers"] == 1 and data["bytes"] > 0
 
     assert main(["cache", "prune", "--cache-dir", str(cache)]) == 0
@@ -339,7 +340,7 @@ def test_cache_info_and_prune(tmp_path, write_recipe, capsys):
     assert "not a size" in capsys.readouterr().err
 
     assert main(["cache", "prune", "--max-size", "0", "--cache-dir", str(cache)]) == 0
-    assert "removed 4 entries" in capsys.readouterr().out
+    assert "removed 5 entries" in capsys.readouterr().out
     assert trtopt.cache_info(cache).entries == 0
 
 

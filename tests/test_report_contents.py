@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import trtopt
 from helpers import MODELS
+from trtopt import report_text
+from trtopt.formatting import format_limit, format_metric
 from trtopt.passes.quantize import layer_macs, with_types
-from trtopt.report import format_limit, format_metric
 
 FAST = ["check.samples=2", "check.latency_runs=0", "check.verify_passes=false"]
 
@@ -64,10 +65,10 @@ def test_summary_and_report_md_show_warnings_golden_kept_layers_and_quantized_co
     # Every quantized type is labelled as itself (INT4 weight-only, FP8), never as INT8.
     for dtype in ("int4", "fp8"):
         relabelled = {**report, "quantized_coverage": {**coverage, "dtype": dtype}}
-        shown = trtopt.report.summary(relabelled)
+        shown = report_text.summary(relabelled)
         assert f"  {dtype:<8} 6 of 7 quantizable layers in {dtype.upper()}" in shown
         assert "int8" not in shown.lower().replace("cnn_legacy", "")
-        assert f"## {dtype.upper()} coverage" in trtopt.report.markdown(relabelled)
+        assert f"## {dtype.upper()} coverage" in report_text.markdown(relabelled)
 
 
 def small_model() -> onnx.ModelProto:

@@ -18,9 +18,11 @@ from ._version import __version__
 _EXPORTS = {
     "batch": ("BatchResult", "compile_many", "summary_table", "worst_exit_code"),
     "cache": ("CacheInfo", "PruneResult", "cache_info", "prune_cache"),
+    "compile_result": ("CompileResult",),
     "deploy": ("TritonModel", "deploy_to_triton", "write_model_repository"),
     "deploy.monitor": ("MonitorResult", "monitor"),
     "diff": ("DiffResult", "diff_reports"),
+    "front": ("compile",),
     "errors": (
         "BuildError",
         "DataError",
@@ -38,7 +40,6 @@ _EXPORTS = {
     "model": ("load_model", "save_model"),
     "passes": ("Pass", "PassContext", "PassOptions", "available_passes", "register_pass"),
     "optimizer": ("optimize", "optimize_file"),
-    "pipeline": ("CompileResult", "compile"),
     "ray_runner": ("compile_on_ray",),
     "recipe": ("Recipe", "json_schema", "load_recipe"),
     "stages": ("Rollback", "RolledBack"),
@@ -64,6 +65,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from .batch import BatchResult, compile_many, summary_table, worst_exit_code
     from .cache import CacheInfo, PruneResult, cache_info, prune_cache
+    from .compile_result import CompileResult
     from .deploy import TritonModel, deploy_to_triton, write_model_repository
     from .deploy.monitor import MonitorResult, monitor
     from .diff import DiffResult, diff_reports
@@ -76,6 +78,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
         TrtoptError,
         UserError,
     )
+    from .front import compile
     from .gate import CheckResult, check, format_check, update_golden
     from .golden import GOLDEN_SIZE_BUDGET, Golden, GoldenError, load_golden
     from .html import output_pairs, write_html
@@ -84,7 +87,6 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .model import load_model, save_model
     from .optimizer import optimize, optimize_file
     from .passes import Pass, PassContext, PassOptions, available_passes, register_pass
-    from .pipeline import CompileResult, compile
     from .ray_runner import compile_on_ray
     from .recipe import Recipe, json_schema, load_recipe
     from .stages import Rollback, RolledBack

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError
-from .pipeline import compile
+from .front import compile
 from .recipe import Recipe, load_recipe
 
 

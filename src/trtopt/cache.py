@@ -55,6 +55,7 @@ _COMPUTING_PACKAGES = ("onnx", "onnxruntime", "onnx-graphsurgeon", "polygraphy",
 REQUIRED_META = {
     "pass": ("record", "histogram", "artifacts", "warnings"),
     "compile": ("report",),
+    "direct": ("candidates",),
 }
 """What the pipeline reads from an entry's ``meta``, by kind: an entry without it is damaged."""
 
@@ -374,10 +375,12 @@ class StageCache:
     # writing
 
     @contextlib.contextmanager
-    def writer(self, key: str, kind: str) -> Iterator[_Writer]:
+    def writer(self, key: str, kind: str, replace: bool = False) -> Iterator[_Writer]:
         """Write an entry: put files into ``writer.folder``, set ``writer.meta``; it becomes
         visible atomically when the block ends without an error. Failing to write a cache
-        entry never fails the compile: it is logged and dropped."""
+        entry never fails the compile: it is logged and dropped. An entry is a function of
+        its key, so the first one published stays; ``replace`` (an entry that gathers what
+        was learned under one key) puts this one in its place."""
         name, publish = owner(), True
         try:
             self._ensure()
@@ -390,13 +393,13 @@ class StageCache:
         try:
             yield writer
             if publish:
-                self._publish(key, folder, writer)
+                self._publish(key, folder, writer, replace)
         except OSError as error:
             log.warning("could not write cache entry %s: %s", key[:16], error)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _publish(self, key: str, folder: Path, writer: _Writer) -> None:
+    def _publish(self, key: str, folder: Path, writer: _Writer, replace: bool) -> None:
         try:
             files = {}
             for file in sorted(writer.folder.iterdir()):
@@ -424,10 +427,10 @@ class StageCache:
             except OSError:
                 if not target.exists():
                     raise
-                if read_manifest(target) is not None:
+                if read_manifest(target) is not None and not replace:
                     return  # another compile published the same key first
                 # A damaged entry under this key would stay a miss forever: replace it.
-                self._remove(target, 0, PruneResult(), "damaged")
+                self._remove(target, 0, PruneResult(), "replaced")
                 os.rename(folder, target)
             _fsync_dir(target.parent)
         except OSError as error:

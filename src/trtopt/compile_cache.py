@@ -1,5 +1,5 @@
-"""A finished compile in the stage cache: its keys (what decides each pass and the compile),
-stored when it is done, and served again, with its report drawn anew, when nothing changed."""
+"""A finished compile in the stage cache: its keys (what decides each pass and the compile)
+and storing it when it is done (unchanged.py serves it again)."""
 
 from __future__ import annotations
 
@@ -7,33 +7,23 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from . import feeds, report
+from . import feeds
 from . import html as html_report
-from .cache import Entry, StageCache
+from .cache import StageCache
 from .cache_keys import CacheKeys, feeds_digest, source_digest
 from .calibration import DataSet
 from .digests import digest, file_sha256
 from .model import model_files
 from .recipe import Recipe
-from .staging import commit as commit_output
-from .staging import stage as stage_output
+from .unchanged import PLOT_DATA, PLOT_IMAGES
 
 log = logging.getLogger("trtopt")
-
-
-PLOT_DATA = "report-plots.npz"
-"""A cached compile's output pairs, kept only when its page could not draw plots: a hit draws
-them where matplotlib is installed since; never an output."""
-PLOT_IMAGES = "report-plots.json"
-"""The plots a cached compile's page embedded, by name: a hit's page reuses them rather than
-draw them again (matplotlib took 1.8 s of a 2 s warm recompile); never an output."""
 
 
 def cache_keys(
@@ -93,7 +83,8 @@ def store_compile(
     staging: Path,
     pairs: html_report.Pairs,
     drawn: html_report.Drawn,
-) -> None:
+) -> str:
+    """Store a finished compile (its staged outputs, its report and plots); its key."""
     key = keys.compile_key(compile_settings(recipe, data))
     with keys.cache.writer(key, "compile") as entry:
         # Everything staged so far (the reports are written after, and again on a hit).
@@ -114,66 +105,4 @@ def store_compile(
                 np.savez(handle, **arrays)
         (entry.folder / PLOT_IMAGES).write_text(json.dumps(drawn))
         entry.meta = {"report": the_report, "plotted": names}
-
-
-def _cached_pairs(entry: Entry) -> html_report.Pairs:
-    """The output pairs a cached compile stored for its plots (none from older entries)."""
-    names = entry.meta.get("plotted")
-    if not isinstance(names, list) or PLOT_DATA not in entry.files():
-        return {}
-    try:
-        with np.load(entry.file(PLOT_DATA), allow_pickle=False) as arrays:
-            return {name: (arrays[f"r{i}"], arrays[f"c{i}"]) for i, name in enumerate(names)}
-    except (OSError, ValueError, KeyError) as error:  # the page keeps its tables
-        log.warning("cached plot data unreadable (%s); report.html without plots", error)
-        return {}
-
-
-def _cached_plots(entry: Entry) -> html_report.Drawn:
-    """The plots a cached compile's page embedded (none from older entries, or unreadable)."""
-    if PLOT_IMAGES not in entry.files():
-        return {}
-    try:
-        drawn = json.loads(entry.file(PLOT_IMAGES).read_text())
-    except (OSError, ValueError) as error:  # drawn again, where matplotlib is here
-        log.warning("cached plots unreadable (%s); drawing them again", error)
-        return {}
-    valid = isinstance(drawn, dict) and all(isinstance(v, str) for v in drawn.values())
-    return drawn if valid else {}
-
-
-def from_cache(
-    entry: Entry,
-    recipe: Recipe,
-    model_path: Path,
-    out: Path,
-    store: StageCache,
-    finish: Callable[[dict[str, Any], Path], None],
-) -> dict[str, Any]:
-    """An unchanged compile: its artifacts copied into place the usual way, ``finish(report,
-    staging)`` run on them before they move in (as after a fresh compile); its report."""
-    the_report = {
-        **entry.meta["report"],
-        "output_dir": str(out),
-        "recipe": recipe.model_dump(mode="json"),
-    }
-    the_report["model"] = {**the_report["model"], "path": str(model_path)}
-    the_report["passes"] = [{**record, "cached": True} for record in the_report["passes"]]
-    the_report["cache"] = {
-        "dir": str(store.root),
-        "compile": "hit",
-        "passes_from_cache": len(the_report["passes"]),
-    }
-    staging = stage_output(out)
-    try:
-        entry.restore([n for n in entry.files() if n not in (PLOT_DATA, PLOT_IMAGES)], staging)
-        # Drawn again: the hit's own report, and plots wherever matplotlib is there now.
-        page = staging / "report.html"
-        html_report.write_html(the_report, page, _cached_pairs(entry), _cached_plots(entry))
-        report.write_reports(the_report, staging)
-        finish(the_report, staging)
-        commit_output(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return the_report
+    return key

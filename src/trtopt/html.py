@@ -16,9 +16,7 @@ import io
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .formatting import (
     coverage_type,
@@ -28,6 +26,12 @@ from .formatting import (
     format_value,
     latency_where,
 )
+from .lazy import lazy_import
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # a compile served from the cache writes its page from plots drawn before
+    np = lazy_import("numpy", globals())
 
 SCATTER_POINTS = 4000
 """Most points a scatter plot draws (an even stride through the values): enough to see the
@@ -38,7 +42,7 @@ LOG_COUNTS_ABOVE = 50
 DPI = 80
 MISSING_PLOTS = "Plots need matplotlib: pip install 'trtopt[report]'."
 
-Pairs = dict[str, tuple[np.ndarray, np.ndarray]]
+Pairs = dict[str, tuple["np.ndarray", "np.ndarray"]]
 Drawn = dict[str, str]
 """Plots drawn for a page, by name (``output:<name>``, ``passes``, ``latency``): embedded
 ``<img>`` markup, which a cached compile keeps so that a hit's page needs no matplotlib."""

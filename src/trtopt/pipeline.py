@@ -28,7 +28,8 @@ from .cache import StageCache, resolve_cache_dir
 from .cache_keys import CacheKeys, WatchedContext
 from .calibration import DataSet, ranges_cache
 from .calibration.collect import session_providers
-from .compile_cache import cache_keys, compile_settings, from_cache, store_compile
+from .compile_cache import cache_keys, compile_settings, store_compile
+from .compile_result import CompileResult
 from .deploy import triton_place, write_model_repository
 from .digests import file_sha256
 from .errors import (
@@ -50,35 +51,16 @@ from .model import (
 from .passes import Pass
 from .quiet import quiet_polygraphy
 from .recipe import PassSpec, Recipe, load_recipe
+from .report_text import write_reports
 from .session import Reference, artifact_runner, checked
 from .stages import Outputs, PassRecord, StageJudge, instantiate, run_passes
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
 from .staging import scratch as scratch_folder
 from .staging import stage as stage_output
+from .unchanged import Direct, direct_candidate, record_direct, serve
 
 log = logging.getLogger("trtopt")
-
-
-@dataclass
-class CompileResult:
-    """What a compile produced: its verdict, where it wrote, and the full report."""
-
-    exit_code: int
-    output_dir: Path
-    report: dict[str, Any]
-
-    @property
-    def passed(self) -> bool:
-        return self.exit_code == EXIT_OK
-
-    @property
-    def artifact(self) -> Path:
-        return self.output_dir / self.report["build"]["artifact"]
-
-    def summary(self) -> str:
-        """A few lines for a terminal."""
-        return report.summary(self.report)
 
 
 JUDGED_SAMPLES = 2
@@ -137,20 +119,11 @@ def compile(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     force: bool = False,
+    direct: Direct | None = None,
 ) -> CompileResult:
-    """Compile a recipe: passes, build, accuracy check, report; the exit code is the verdict.
-
-    Raises a TrtoptError for user errors (exit 2) and build failures (exit 3); an accuracy
-    failure is a result (exit 1) with the artifact and report written.
-
-    ``cache_dir`` is the stage cache's folder (default: ``$TRTOPT_CACHE_DIR``, the recipe's
-    ``cache.dir``, the platform's cache folder); ``use_cache=False`` (or the recipe's
-    ``cache.enabled: false``) neither reads nor writes it.
-
-    The output folder is replaced whole, so it must be one trtopt wrote (it holds
-    ``staging.MARKER``), or empty, or new; ``force=True`` also replaces another non-empty
-    folder. A file, a symlink, or a folder holding the compile's inputs is never replaced.
-    """
+    """A compile down the hallway (arguments as :func:`trtopt.compile`, which serves an
+    unchanged recipe before it comes here). ``direct``: the recipe file's direct entry, where
+    a cached compile of it is remembered for the next one to be served from its files."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     elif overrides:
@@ -165,7 +138,7 @@ def compile(
     check_output(out, [*recipe.input_paths(), *cache_root], force)
     # Calibration caches its ranges beside the stages, or nowhere when the cache is off.
     with quiet_polygraphy(), ranges_cache(store.ranges if store is not None else None):
-        return _compile(recipe, model_path, out.resolve(), say, store)
+        return _compile(recipe, model_path, out.resolve(), say, store, direct)
 
 
 @dataclass
@@ -203,13 +176,16 @@ def _compile(
     out: Path,
     say: Callable[[str], None],
     store: StageCache | None = None,
+    direct: Direct | None = None,
 ) -> CompileResult:
     measuring = _measuring(recipe)
     job = _prepare(recipe, model_path, out, store)
     if job.compile_key is not None and (hit := store.get(job.compile_key)) is not None:  # type: ignore[union-attr]
         say("unchanged: artifacts from the cache")
         finish = partial(_deploy, recipe)
-        cached = from_cache(hit, recipe, model_path, out, store, finish)  # type: ignore[arg-type]
+        dumped = recipe.model_dump(mode="json")
+        cached = serve(hit, dumped, model_path, out, store, finish)  # type: ignore[arg-type]
+        _remember(direct, recipe, job, model_path, job.compile_key)
         return CompileResult(cached["exit_code"], out, cached)
     reference = Reference(model_path, job.data, recipe.calibration.model_dump(mode="json"))
     staging = stage_output(out)
@@ -256,13 +232,14 @@ def _compile(
         pairs = html_report.output_pairs(reference.outputs, checked.outputs)
         drawn: html_report.Drawn = {}
         html_report.write_html(the_report, staging / "report.html", pairs, drawn)
-        _cache_compile(job, recipe, records, the_report, staging, pairs, drawn)
-        report.write_reports(the_report, staging)
+        stored = _cache_compile(job, recipe, records, the_report, staging, pairs, drawn)
+        write_reports(the_report, staging)
         _deploy(recipe, the_report, staging)
         commit_output(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _remember(direct, recipe, job, model_path, stored)
     if job.unavailable:
         raise BackendUnavailableError(
             f"{job.unavailable}. Everything that needs no GPU ran; the report (build marked "
@@ -280,7 +257,7 @@ def _deploy(recipe: Recipe, the_report: dict[str, Any], staging: Path) -> None:
         return
     entry = write_model_repository(staging, Path(options.repository), options, triton_place(recipe))
     the_report["deploy"] = {"triton": entry.to_json()}
-    report.write_reports(the_report, staging)
+    write_reports(the_report, staging)
 
 
 def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | None) -> _Job:
@@ -475,18 +452,36 @@ def _cache_compile(
     staging: Path,
     pairs: html_report.Pairs,
     drawn: html_report.Drawn,
-) -> None:
-    """Record in the report what the cache gave, and store the finished compile."""
+) -> str | None:
+    """Record in the report what the cache gave, and store the finished compile; its key."""
     if job.keys is None:
         the_report["cache"] = None
-        return
+        return None
     the_report["cache"] = {
         "dir": str(job.keys.cache.root),
         "compile": "miss" if job.compile_key is not None else "not cached (backend)",
         "passes_from_cache": sum(r.cached for r in records),
     }
-    if job.compile_key is not None and not job.unavailable:
-        store_compile(job.keys, recipe, job.data, the_report, staging, pairs, drawn)
+    if job.compile_key is None or job.unavailable:
+        return None
+    return store_compile(job.keys, recipe, job.data, the_report, staging, pairs, drawn)
+
+
+def _remember(
+    direct: Direct | None, recipe: Recipe, job: _Job, model_path: Path, compile_key: str | None
+) -> None:
+    """Remember a cached compile in its recipe's direct entry, so that the next compile of
+    the unchanged recipe is served from its files alone (unchanged.py)."""
+    if direct is None or compile_key is None or job.keys is None:
+        return
+    files = [model_path, *external_data_files(job.source, model_path.parent)]
+    names = [info.name for info in feeds.model_inputs(job.source)]
+    try:
+        candidate = direct_candidate(recipe, compile_key, files, names)
+        if candidate is not None:
+            record_direct(job.keys.cache, direct.key, candidate)
+    except (TrtoptError, OSError) as error:  # the next compile takes the longer way
+        log.warning("could not remember the compile for a direct hit: %s", error)
 
 
 def _on_disk(model_path: Path) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from . import report
+from . import report_text
 from .batch import BatchResult, Job, prepare, run
 from .errors import EXIT_INTERNAL, EXIT_USER, TrtoptError, UserError
 from .positions import Document
@@ -219,7 +219,7 @@ def _deliver(shipped: _Shipped, output_dir: str) -> BatchResult:
         if report_path.is_file():
             the_report = _relocated(json.loads(report_path.read_text()), shipped.worker_dir, out)
             the_report["built_on"] = {"ray_node": shipped.node}
-            report.write_reports(the_report, staging)
+            report_text.write_reports(the_report, staging)
         commit(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -96,6 +96,14 @@ class DataSource(_Strict):
                 return kind
         return "synthetic"
 
+    @property
+    def path(self) -> str | None:
+        """The path or glob an npz or npy source reads, an images source's folder; None for
+        a script or synthetic data."""
+        if self.images is not None:
+            return self.images.folder
+        return self.npz or self.npy
+
     def describe(self) -> str:
         if self.kind == "images":
             assert self.images is not None
@@ -104,12 +112,3 @@ class DataSource(_Strict):
             seed = self.synthetic.seed if self.synthetic else 0
             return f"synthetic (seed {seed})"
         return f"{self.kind}: {getattr(self, self.kind)}"
-
-
-SOURCE_PATH_FIELDS: tuple[tuple[str, ...], ...] = (
-    ("npz",),
-    ("npy",),
-    ("script",),
-    ("images", "folder"),
-)
-"""Path fields of a source, relative to the recipe file that writes them."""

@@ -22,7 +22,6 @@ first one before any work is done. Calibration runs them one sample at a time
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import os
@@ -41,11 +40,11 @@ import numpy as np
 from ..errors import DataError, did_you_mean
 from ..feeds import Feed, InputInfo, synthetic_feeds, validate_feeds
 from . import script_child
+from .files import glob_folders, image_files, source_files
 from .source_specs import DataSource, ImageSource
 
 DEFAULT_SYNTHETIC_SAMPLES = 16
 """Feeds a synthetic source yields when no ``limit`` is set."""
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm")
 _HASH_CHUNK = 1 << 20
 
 
@@ -115,7 +114,7 @@ class DataSet:
             digest.update(repr((self.limit, sorted(self.dims.items()))).encode())
             kind = self.source.kind
             if kind in ("npz", "npy", "images"):
-                for path in self._files():
+                for path in self.files():
                     digest.update(path.name.encode())
                     _hash_file(digest, path)
             elif kind == "script":
@@ -134,25 +133,17 @@ class DataSet:
 
     # -- the kinds --------------------------------------------------------------------------
 
-    def _files(self) -> list[Path]:
-        kind = self.source.kind
-        if kind == "npz":
-            return _glob_files(self.source.npz or "", "an .npz data file")
-        if kind == "npy":
-            return [
-                folder / f"{info.name}.npy"
-                for folder in _glob_folders(self.source.npy or "")
-                for info in self.inputs
-            ]
-        assert self.source.images is not None
-        return _image_files(self.source.images.folder)
+    def files(self) -> list[Path]:
+        """The files an npz, npy or images source reads (the order they are read in)."""
+        names = [info.name for info in self.inputs]
+        return source_files(self.source.kind, self.source.path or "", names)
 
     def _raw_feeds(self) -> Iterator[Feed]:
         kind = self.source.kind
         if kind == "npz":
-            yield from _npz_feeds(self._files())
+            yield from _npz_feeds(self.files())
         elif kind == "npy":
-            yield from _npy_feeds(_glob_folders(self.source.npy or ""), self.inputs, self.source)
+            yield from _npy_feeds(glob_folders(self.source.npy or ""), self.inputs, self.source)
         elif kind == "images":
             yield from _image_feeds(self.source, self.inputs)
         elif kind == "script":
@@ -217,22 +208,6 @@ def _hash_file(digest: Any, path: Path) -> None:
             digest.update(chunk)
 
 
-def _glob_files(pattern: str, what: str) -> list[Path]:
-    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    files = [Path(p) for p in paths if Path(p).is_file()]
-    if not files:
-        raise DataError(f"no {what} found", pattern)
-    return files
-
-
-def _glob_folders(pattern: str) -> list[Path]:
-    paths = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-    folders = [Path(p) for p in paths if Path(p).is_dir()]
-    if not folders:
-        raise DataError("no .npy data folder found", pattern)
-    return folders
-
-
 def read_npz(path: Path) -> Feed:
     """The arrays of one .npz file by name; a DataError naming it when it is not one."""
     try:
@@ -277,16 +252,6 @@ def _npy_feeds(
         total = next(iter(lengths.values()), 0)
         for start in range(0, total, source.batch):
             yield {name: np.array(a[start : start + source.batch]) for name, a in arrays.items()}
-
-
-def _image_files(folder: str) -> list[Path]:
-    root = Path(folder)
-    if not root.is_dir():
-        raise DataError("image folder not found", folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder", folder)
-    return files
 
 
 def _pil() -> Any:
@@ -368,7 +333,7 @@ def _image_feeds(source: DataSource, inputs: Sequence[InputInfo]) -> Iterator[Fe
             f"say which input the images feed (images.input); the model takes {names}",
             "data.images",
         )
-    files = _image_files(spec.folder)
+    files = image_files(spec.folder)
     for start in range(0, len(files), source.batch):
         batch = [load_image(path, spec) for path in files[start : start + source.batch]]
         shapes = {a.shape for a in batch}

@@ -34,7 +34,8 @@ import numpy as np
 from .. import feeds, progress
 from .._version import versions
 from ..calibration import ImageSource
-from ..calibration.sources import IMAGE_SUFFIXES, load_image, read_npz
+from ..calibration.files import IMAGE_SUFFIXES
+from ..calibration.sources import load_image, read_npz
 from ..errors import EXIT_ACCURACY, EXIT_OK, DataError, UserError
 from ..feeds import Feed, InputInfo, check_names
 from ..formatting import format_limit, format_metric
