@@ -10,6 +10,8 @@ default; trtopt ``calibrator: minmax``). Measured per model, side by side in one
 - accuracy against FP32 on held-out samples: the classifier's worst and mean cosine and top-1
   agreement; the encoder's sentence embedding (mean pooled over the mask) worst and mean
   cosine; ResNet-50's output cosine (random weights: not an accuracy claim);
+- with ``--auto-min C``, also ``placement: onnxruntime`` with the automatic search for cosine
+  >= C (judged on 8 validation samples, neither calibration nor held-out ones);
 - the integer kernels ONNX Runtime formed (``optimized_model_filepath``): QLinearConv,
   QLinearMatMul, MatMulIntegerToFloat, QGemm, QLinearAdd, ...; and the float Conv/MatMul left.
 
@@ -100,7 +102,11 @@ def prepare_cls(path: str, folder: Path) -> str:
     return str(out)
 
 
-def trtopt_int8(model: str, calibration: list[dict], placement: str, out: Path) -> str:
+def trtopt_int8(
+    model: str, calibration: list[dict], placement: str, out: Path, auto: dict | None = None
+) -> str:
+    """trtopt's quantize pass (minmax ranges); with ``auto``, its automatic search judged on
+    ``auto["feeds"]``, neither calibration nor held-out samples."""
     import onnx
     import onnx_graphsurgeon as gs
 
@@ -115,10 +121,10 @@ def trtopt_int8(model: str, calibration: list[dict], placement: str, out: Path) 
         np.savez(folder / f"{index:03d}.npz", **feed)
     source = onnx.load(model)
     data = DataSet(DataSource(npz=str(folder / "*.npz")), feeds.model_inputs(source))
-    ctx = PassContext(scratch_dir=folder, calibration=data)
-    options = Quantize.Options.model_validate(
-        {"calibrator": "minmax", "placement": placement, "cache": False}
-    )
+    validation = auto.pop("feeds") if auto else []
+    ctx = PassContext(scratch_dir=folder, calibration=data, validation=validation)
+    settings = {"calibrator": "minmax", "placement": placement, "cache": False}
+    options = Quantize.Options.model_validate({**settings, **({"auto": auto} if auto else {})})
     graph = Quantize(options).run(gs.import_onnx(source), ctx).graph
     onnx.save(gs.export_onnx(graph), out)
     return str(out)
@@ -180,12 +186,13 @@ def accuracy(kind: str, reference: list, got: list, feeds: list) -> dict:
 def compare(
     kind: str,
     model: str,
-    calibration: list,
-    held_out: list,
-    rounds: int,
-    threads: int,
+    data: tuple[list, list, list],
+    args: argparse.Namespace,
     folder: Path,
 ) -> dict:
+    """Every candidate's kernels, accuracy on the held-out samples, and latency. ``data``:
+    calibration, validation (the automatic search's) and held-out samples."""
+    calibration, validation, held_out = data
     import onnxruntime as ort
 
     candidates = {"fp32": model}
@@ -197,11 +204,16 @@ def compare(
         candidates[f"trtopt {placement}"] = trtopt_int8(
             model, calibration, placement, folder / f"trtopt-{placement}.onnx"
         )
+    if args.auto_min is not None:
+        auto = {"metric": "cosine", "min": args.auto_min, "samples": 8, "feeds": validation}
+        candidates[f"trtopt onnxruntime auto {args.auto_min}"] = trtopt_int8(
+            model, calibration, "onnxruntime", folder / "trtopt-auto.onnx", auto
+        )
 
     def session(path):
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = args.threads
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     sessions = {name: session(path) for name, path in candidates.items()}
@@ -215,7 +227,7 @@ def compare(
     }
     feed = held_out[0]
     per_round: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(rounds):  # interleaved: every model once per round
+    for _ in range(args.rounds):  # interleaved: every model once per round
         for name, sess in sessions.items():
             times = []
             for _ in range(5):
@@ -241,6 +253,9 @@ def main() -> int:
     parser.add_argument("--held-out", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--auto-min", type=float, help="also trtopt onnxruntime with auto: {metric: cosine, min}"
+    )
     parser.add_argument("--json", help="write the results here too")
     args = parser.parse_args()
     results = {}
@@ -252,8 +267,7 @@ def main() -> int:
                 (
                     "classifier",
                     prepare_cls(args.cls, folder),
-                    cls_lines(args.samples, 1),
-                    cls_lines(args.held_out, 2),
+                    (cls_lines(args.samples, 1), cls_lines(8, 3), cls_lines(args.held_out, 2)),
                 )
             )
         if args.encoder:
@@ -262,8 +276,11 @@ def main() -> int:
                 (
                     "encoder",
                     model,
-                    sentences(tokenizer, 0, args.samples),
-                    sentences(tokenizer, 1000, args.held_out),
+                    (
+                        sentences(tokenizer, 0, args.samples),
+                        sentences(tokenizer, 500, 8),
+                        sentences(tokenizer, 1000, args.held_out),
+                    ),
                 )
             )
         if args.resnet50:
@@ -271,16 +288,17 @@ def main() -> int:
                 (
                     "resnet50",
                     str(ROOT / "models" / "resnet50_legacy.onnx"),
-                    calibration_feeds(True, args.samples, seed=1),
-                    calibration_feeds(True, min(args.held_out, 16), seed=12345),
+                    (
+                        calibration_feeds(True, args.samples, seed=1),
+                        calibration_feeds(True, 8, seed=7),
+                        calibration_feeds(True, min(args.held_out, 16), seed=12345),
+                    ),
                 )
             )
-        for kind, model, calibration, held_out in jobs:
+        for kind, model, data in jobs:
             work = folder / kind
             work.mkdir()
-            results[kind] = compare(
-                kind, model, calibration, held_out, args.rounds, args.threads, work
-            )
+            results[kind] = compare(kind, model, data, args, work)
             print(json.dumps({kind: results[kind]}, indent=1), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
