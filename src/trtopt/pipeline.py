@@ -180,59 +180,23 @@ def _compile(
 ) -> CompileResult:
     measuring = _measuring(recipe)
     job = _prepare(recipe, model_path, out, store)
-    if job.compile_key is not None and (hit := store.get(job.compile_key)) is not None:  # type: ignore[union-attr]
+    hit = store.get(job.compile_key) if store is not None and job.compile_key else None
+    if hit is not None:
         say("unchanged: artifacts from the cache")
-        finish = partial(_deploy, recipe)
         dumped = recipe.model_dump(mode="json")
-        cached = serve(hit, dumped, model_path, out, store, finish)  # type: ignore[arg-type]
+        cached = serve(hit, dumped, model_path, out, store, partial(_deploy, recipe))  # type: ignore[arg-type]
         _remember(direct, recipe, job, model_path, job.compile_key)
         return CompileResult(cached["exit_code"], out, cached)
     reference = Reference(model_path, job.data, recipe.calibration.model_dump(mode="json"))
     staging = stage_output(out)
     try:
-        with scratch_folder("scratch") as scratch, session_providers(measuring.providers):
-            ctx = WatchedContext(
-                scratch_dir=scratch,
-                feeds=job.data,
-                calibration=job.calibration,
-                validation=job.validation,
-                artifacts_dir=staging,
-            )
-            ctx.warnings += measuring.notes("calibration.providers")
-            ctx.warnings += getattr(job.backend, "notes", [])  # providers skipped
-            judge, verify = _stage_judge(recipe, job.source, model_path, scratch, reference)
-            graph, records, first_diverging = run_passes(
-                recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
-                judge, verify, say,
-            )  # fmt: skip
-            final = staging / ONNX_ARTIFACT
-            graph_files = graph_io.save_graph(graph, final, job.source, __version__)
-            del graph  # the passes' arrays (e.g. FP16 weights) are on disk now: let them go
-            _return_freed_memory()  # before ONNX Runtime's sessions take the memory
-            built = _build(recipe, job, graph_files, staging, say)
-            checked = _check(recipe, job, built, reference, ctx, out, model_path, say)
-        the_report = report.compile_report(
-            recipe={  # with the options the passes ran with
-                **recipe.model_dump(mode="json"),
-                "passes": [spec.model_dump(mode="json") for spec in _with_build_defaults(recipe)],
-            },
-            out=out,
-            model=_describe_model(model_path, job.source),
-            records=records,
-            first_diverging=first_diverging,
-            build=_describe_build(built),
-            checked=checked,
-            data_source=job.data_source,
-            not_run=None if built.not_run is None else (job.backend.name, built.not_run),
-            strict=recipe.strict,
-            unavailable=job.unavailable is not None,
-            warnings=ctx.warnings,
-        )
+        done = _work(recipe, job, model_path, out, staging, reference, measuring, say)
+        the_report = _report(recipe, job, model_path, out, done)
         the_report["calibration"] = {**measuring.to_json(), "reference": reference.providers}
-        pairs = html_report.output_pairs(reference.outputs, checked.outputs)
+        pairs = html_report.output_pairs(reference.outputs, done.checked.outputs)
         drawn: html_report.Drawn = {}
         html_report.write_html(the_report, staging / "report.html", pairs, drawn)
-        stored = _cache_compile(job, recipe, records, the_report, staging, pairs, drawn)
+        stored = _cache_compile(job, recipe, done.records, the_report, staging, pairs, drawn)
         write_reports(the_report, staging)
         _deploy(recipe, the_report, staging)
         commit_output(staging, out)
@@ -247,6 +211,73 @@ def _compile(
             recipe.place("build", "backend"),
         )
     return CompileResult(the_report["exit_code"], out, the_report)
+
+
+@dataclass
+class _Done:
+    """What the passes, the build and the check made, and what they warned of."""
+
+    records: list[PassRecord]
+    first_diverging: str | None
+    built: _Built
+    checked: report.Checked
+    warnings: list[str]
+
+
+def _work(
+    recipe: Recipe,
+    job: _Job,
+    model_path: Path,
+    out: Path,
+    staging: Path,
+    reference: Reference,
+    measuring: ProviderChoice,
+    say: Callable[[str], None],
+) -> _Done:
+    """Passes -> build -> check, with the final graph and the artifact staged."""
+    with scratch_folder("scratch") as scratch, session_providers(measuring.providers):
+        ctx = WatchedContext(
+            scratch_dir=scratch,
+            feeds=job.data,
+            calibration=job.calibration,
+            validation=job.validation,
+            artifacts_dir=staging,
+        )
+        ctx.warnings += measuring.notes("calibration.providers")
+        ctx.warnings += getattr(job.backend, "notes", [])  # providers skipped
+        judge, verify = _stage_judge(recipe, job.source, model_path, scratch, reference)
+        graph, records, first_diverging = run_passes(
+            recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
+            judge, verify, say,
+        )  # fmt: skip
+        final = staging / ONNX_ARTIFACT
+        graph_files = graph_io.save_graph(graph, final, job.source, __version__)
+        del graph  # the passes' arrays (e.g. FP16 weights) are on disk now: let them go
+        _return_freed_memory()  # before ONNX Runtime's sessions take the memory
+        built = _build(recipe, job, graph_files, staging, say)
+        checked = _check(recipe, job, built, reference, ctx, out, model_path, say)
+    return _Done(records, first_diverging, built, checked, ctx.warnings)
+
+
+def _report(recipe: Recipe, job: _Job, model_path: Path, out: Path, done: _Done) -> dict[str, Any]:
+    """report.json's content, with the options the passes ran with."""
+    return report.compile_report(
+        recipe={
+            **recipe.model_dump(mode="json"),
+            "passes": [spec.model_dump(mode="json") for spec in _with_build_defaults(recipe)],
+        },
+        out=out,
+        model=_describe_model(model_path, job.source),
+        records=done.records,
+        first_diverging=done.first_diverging,
+        build=_describe_build(done.built),
+        checked=done.checked,
+        data_source=job.data_source,
+        not_run=None if done.built.not_run is None else (job.backend.name, done.built.not_run),
+        strict=recipe.strict,
+        unavailable=job.unavailable is not None,
+        warnings=done.warnings,
+    )
 
 
 def _deploy(recipe: Recipe, the_report: dict[str, Any], staging: Path) -> None:
