@@ -89,8 +89,9 @@ def test_quantize_gets_fp16_around_for_tensorrt_and_its_key_follows_the_effectiv
     write_recipe, recipe_for, tmp_path
 ):
     """A quantize step that does not set ``high_precision`` gets fp16 when the build is
-    TensorRT's and keeps fp32 on ONNX Runtime: the report's recipe shows the value it ran with,
-    and its stage key changes with the backend only where that value does."""
+    TensorRT's and keeps fp32 on ONNX Runtime, where its Q/DQ are placed for ONNX Runtime's
+    kernels: the report's recipe shows the values it ran with, and its stage key changes with
+    the backend only where they do."""
 
     def compile_with(backend: str, options: dict) -> dict:
         recipe = recipe_for(MODELS / "cnn_legacy.onnx", build={"backend": backend})
@@ -106,12 +107,15 @@ def test_quantize_gets_fp16_around_for_tensorrt_and_its_key_follows_the_effectiv
             "ran_with": quantize,
         }
 
-    assert compile_with("onnxruntime", {}) == {"from_cache": 0, "recipe": {}, "ran_with": "fp32"}
+    on_cpu = {"placement": "onnxruntime"}  # ONNX Runtime's integer kernels, and FP32 around
+    on_onnxruntime = compile_with("onnxruntime", {})
+    assert on_onnxruntime == {"from_cache": 0, "recipe": on_cpu, "ran_with": "fp32"}
     tensorrt = compile_with("tensorrt", {})
     fp16 = {"high_precision": "fp16"}
     assert tensorrt == {"from_cache": 0, "recipe": fp16, "ran_with": "fp16"}
     # An explicit value wins, fp32 included; the same effective options, the same key.
     fp32 = {"high_precision": "fp32"}
-    assert compile_with("tensorrt", fp32) == {"from_cache": 1, "recipe": fp32, "ran_with": "fp32"}
-    explicit = compile_with("onnxruntime", fp16)
-    assert explicit == {"from_cache": 1, "recipe": fp16, "ran_with": "fp16"}
+    assert compile_with("tensorrt", fp32) == {"from_cache": 0, "recipe": fp32, "ran_with": "fp32"}
+    as_tensorrt = {"placement": "tensorrt", **fp16}
+    explicit = compile_with("onnxruntime", as_tensorrt)
+    assert explicit == {"from_cache": 1, "recipe": as_tensorrt, "ran_with": "fp16"}

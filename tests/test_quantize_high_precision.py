@@ -261,6 +261,7 @@ def test_quantize_then_precision_recipe_builds(tmp_path, write_recipe, recipe_fo
     recipe = recipe_for(CNN, output=str(tmp_path / "out"))
     # Percentile ranges and the head in float: what keeps the tiny CNN accurate in INT8.
     quantize = {"calibrator": "percentile", "exclude": {"op_types": ["Gemm"]}}
+    quantize["placement"] = "tensorrt"  # built below by TensorRT for RTX, checked on ORT
     recipe["passes"] = ["cleanup", {"quantize": quantize}, {"precision": {"dtype": "fp16"}}]
     recipe["check"].update(thresholds={"max_abs": 5.0, "min_cosine": 0.9})
     result = run_cli("compile", str(write_recipe(recipe)))

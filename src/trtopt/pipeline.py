@@ -329,19 +329,33 @@ def _with_build_defaults(recipe: Recipe) -> list[PassSpec]:
     silent (a pass knows no backend): `lint` checks the GPUs build.tensorrt_rtx names, and
     `quantize` puts FP16 around its Q/DQ for TensorRT (``high_precision``: TensorRT runs the
     other layers in the graph's own types, and FP16 halves their weights' bytes; ONNX
-    Runtime's CPU kernels gain nothing from it, so its backend keeps FP32)."""
+    Runtime's CPU kernels gain nothing from it, so its backend keeps FP32), and places its
+    INT8 Q/DQ for ONNX Runtime's CPU kernels when ONNX Runtime builds for the CPU alone
+    (``placement``: TensorRT's placement forms none of them, so it ran no faster than FP32)."""
     defaults: dict[str, dict[str, Any]] = {}
     capabilities = recipe.build.tensorrt_rtx.compute_capabilities
     if recipe.build.backend == "tensorrt-rtx" and capabilities:
         defaults["lint"] = {"compute_capabilities": capabilities}
     if recipe.build.backend in TENSORRT_BACKENDS:
         defaults["quantize"] = {"high_precision": "fp16"}
+    elif recipe.build.backend == "onnxruntime" and recipe.build.onnxruntime.providers == ["cpu"]:
+        defaults["quantize"] = {"placement": "onnxruntime"}
     return [
-        spec.model_copy(update={"options": {**defaults[spec.name], **spec.options}})
+        spec.model_copy(
+            update={"options": {**_applicable(spec, defaults[spec.name]), **spec.options}}
+        )
         if spec.name in defaults
         else spec
         for spec in recipe.passes
     ]
+
+
+def _applicable(spec: PassSpec, defaults: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` without what the pass's own options rule out: quantize's ONNX Runtime
+    placement is INT8 only (ONNX Runtime's CPU has no FP8 or INT4 Q/DQ kernels)."""
+    if spec.name == "quantize" and spec.options.get("dtype", "int8") != "int8":
+        return {k: v for k, v in defaults.items() if k != "placement"}
+    return defaults
 
 
 def _build(
