@@ -5,18 +5,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 
-from . import accuracy
+from . import accuracy, emulation
 from .backends import Backend, BuildResult
 from .backends import onnxruntime as ort_backend
 from .backends.onnxruntime import session_loader
+from .calibration import split_graph
 from .errors import ModelError
 from .feeds import Feed
+from .graph_io import import_graph
+from .model import load_model
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 ARTIFACT_CHECKED = "artifact"
 GRAPH_CHECKED = "final ONNX graph on ONNX Runtime"
@@ -57,7 +63,23 @@ def artifact_runner(
     reason = unavailable or backend.unavailable() or backend.cannot_run(build)
     if reason is None:
         return backend.runner(build), None
-    return OnnxrtRunner(session_loader(graph), name="artifact"), reason
+    return graph_runner(graph, backend), reason
+
+
+def graph_runner(graph: Path, backend: Backend) -> OnnxrtRunner:
+    """A runner for ``graph`` standing in for ``backend``'s artifact built from it. For
+    TensorRT, the graph's FP16/BF16 rounding is emulated (``emulation.session``): ONNX
+    Runtime's CPU computes most FP16 ops in FP32 and drops their Casts, which would show little
+    of the error the engine has."""
+    if backend.name == "onnxruntime":
+        return OnnxrtRunner(session_loader(graph), name="artifact")
+
+    def load() -> ort.InferenceSession:
+        proto = load_model(graph, external_data=False)
+        model, weights = split_graph(import_graph(proto, graph.parent), external=True)
+        return emulation.session(model, weights=weights)
+
+    return OnnxrtRunner(load, name="artifact")
 
 
 def checked(reason: str | None) -> str:

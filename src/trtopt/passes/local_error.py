@@ -27,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from .. import emulation
 from ..calibration import DataSet, split_graph
 from ..calibration.collect import DEFAULT_MEMORY_BUDGET, Observer, collect, groups
 from ..calibration.sources import cut
@@ -215,7 +216,8 @@ def alone(graph: gs.Graph, node: gs.Node, lower: Lower) -> ort.InferenceSession 
     """An ONNX Runtime session of ``node`` alone, lowered by ``lower``: its computed inputs
     are the model's inputs, its constants (Constant nodes' values too) its own; None when it
     cannot be built. ``lower`` should give the lowered node's inputs and outputs its type
-    (``io: convert``): the rounding is then in the data, where ONNX Runtime cannot drop it."""
+    (``io: convert``): the inputs' rounding is then in the data; the session rounds the rest as
+    every judgement does (``emulation.session``)."""
     inputs: dict[str, gs.Variable] = {}
     copied = []
     for tensor in node.inputs:
@@ -250,9 +252,7 @@ def alone(graph: gs.Graph, node: gs.Node, lower: Lower) -> ort.InferenceSession 
     options.enable_mem_pattern = False
     try:
         model = gs.export_onnx(lower(single, {node.name}), do_type_check=False)
-        return ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
+        return emulation.session(model, options)
     except Exception as error:  # graphsurgeon and ONNX Runtime raise many
         log.debug("local error: %s cannot run alone: %s", node.name, error)
         return None

@@ -48,7 +48,7 @@ from .graph_tools import (
 )
 from .local_error import DEFAULT_SAMPLES, local_snr, unmeasured
 from .registry import register_pass
-from .sensitivity import AutoOptions, Judge, search, uses_ranking
+from .sensitivity import JUDGED, AutoOptions, Judge, search, uses_ranking
 
 if TYPE_CHECKING:
     from ..calibration import DataSet
@@ -475,6 +475,7 @@ class Precision(Pass):
         ops = {n.name: n.op for n in nodes}
         measured = sorted((v, n) for n, v in local.items() if not np.isnan(v))
         ctx.details["local_error"] = {
+            "judged": JUDGED,
             "samples": guard.local_samples,
             "nodes": len(measured),
             "unmeasured": [n for n, v in local.items() if np.isnan(v)],

@@ -32,8 +32,9 @@ the ranking 10 in 35):
 2. of those k, all but the last needed are lowered again by group testing, least suspicious
    first, so a benign layer ranked among the culprits is not kept.
 
-Every judgement runs the candidate graph on ONNX Runtime CPU over the validation feeds and
-compares it with the pass's input graph (the reference) the way the accuracy check does.
+Every judgement runs the candidate graph on ONNX Runtime CPU over the validation feeds, its
+reduced-precision rounding made explicit (``emulation``), and compares it with the pass's
+input graph (the reference) the way the accuracy check does.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ import onnx
 import onnxruntime as ort
 from pydantic import Field, model_validator
 
-from .. import progress
+from .. import emulation, progress
 from ..feeds import Feed
 from ..metrics import CLASS_SCORE_METRICS, HIGHER_IS_BETTER, METRICS, measure, worst
 from ..metrics import passes as keeps
@@ -62,6 +63,8 @@ MAX_REFINEMENTS = 64
 """At most this many kept layers are retried (step 4); the rest stay kept."""
 EACH_LIMIT = 24
 """Up to this many candidates each is measured alone; above it, group testing finds them."""
+JUDGED = f"on ONNX Runtime's CPU, FP16/BF16 rounding emulated: {emulation.LIMITS}"
+"""How a judgement sees reduced precision, and what it cannot see (the report says it)."""
 
 
 class AutoOptions(PassOptions):
@@ -115,15 +118,10 @@ than a serialized copy, which for a large model costs more than the judgement's 
 
 
 def session(model: Candidate) -> ort.InferenceSession:
+    """A judging session: FP16/BF16 rounded as TensorRT's kernels round it
+    (``emulation.session``), where ONNX Runtime's CPU would compute most FP16 ops unrounded."""
     proto, weights = (model, {}) if isinstance(model, onnx.ModelProto) else model
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if weights:
-        values = [ort.OrtValue.ortvalue_from_numpy(array) for array in weights.values()]
-        options.add_external_initializers(list(weights), values)
-    return ort.InferenceSession(
-        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return emulation.session(proto, weights=weights)
 
 
 def run(model: Candidate, feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
@@ -205,6 +203,7 @@ class SearchResult:
             "out_of_time": self.out_of_time,
             "untried": self.untried,
             "kept": self.kept,
+            "judged": JUDGED,
         }
 
 
