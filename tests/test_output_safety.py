@@ -102,6 +102,10 @@ def test_data_golden_and_cache_folders_are_never_replaced(tmp_path, capsys):
     cache.mkdir(parents=True)
     err = _refused(capsys, str(recipe), "-o", str(tmp_path / "out"), "--cache-dir", str(cache))
     assert "cache" in err and cache.is_dir()
+    # With the cache off for this compile, the folder is still the user's cache.
+    err = _refused(capsys, str(recipe), "-o", str(cache), "--cache-dir", str(cache), "--no-cache",
+                   "--force")  # fmt: skip
+    assert "cache" in err and cache.is_dir()
 
 
 def test_a_file_is_never_replaced(tmp_path, capsys):

@@ -19,6 +19,7 @@ from .cache import StageCache
 from .cache_keys import CacheKeys, feeds_digest, source_digest
 from .calibration import DataSet
 from .digests import digest, file_sha256
+from .golden import metadata_path
 from .model import model_files
 from .recipe import Recipe
 from .unchanged import PLOT_DATA, PLOT_IMAGES
@@ -67,12 +68,19 @@ def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
         "calibration": dumped["calibration"],  # where the reference runs
         "check_data": feeds_digest(data),
         # The golden file and baseline report are inputs of the check, like its data.
-        "check_files": [
-            file_sha256(Path(f)) if Path(f).is_file() else None
-            for f in (recipe.check.golden, recipe.check.baseline)
-            if f
-        ],
+        "check_files": [file_sha256(f) if f.is_file() else None for f in check_files(recipe)],
     }
+
+
+def check_files(recipe: Recipe) -> list[Path]:
+    """The files a compile's check reads besides its data: the golden file and the metadata
+    that gates it, the baseline report."""
+    found = []
+    if recipe.check.golden:
+        found += [Path(recipe.check.golden), metadata_path(recipe.check.golden)]
+    if recipe.check.baseline:
+        found.append(Path(recipe.check.baseline))
+    return found
 
 
 def store_compile(

@@ -28,7 +28,7 @@ from .cache import StageCache, resolve_cache_dir
 from .cache_keys import CacheKeys, WatchedContext
 from .calibration import DataSet, ranges_cache
 from .calibration.collect import session_providers
-from .compile_cache import cache_keys, compile_settings, store_compile
+from .compile_cache import cache_keys, check_files, compile_settings, store_compile
 from .compile_result import CompileResult
 from .deploy import triton_place, write_model_repository
 from .digests import file_sha256
@@ -52,13 +52,13 @@ from .passes import Pass
 from .quiet import quiet_polygraphy
 from .recipe import PassSpec, Recipe, load_recipe
 from .report_text import write_reports
-from .session import Reference, artifact_runner, checked
+from .session import Reference, artifact_runner, checked, graph_runner
 from .stages import Outputs, PassRecord, StageJudge, instantiate, run_passes
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
 from .staging import scratch as scratch_folder
 from .staging import stage as stage_output
-from .unchanged import Direct, direct_candidate, record_direct, serve
+from .unchanged import Direct, direct_candidate, direct_inputs, record_direct, serve
 
 log = logging.getLogger("trtopt")
 
@@ -125,17 +125,15 @@ def compile(
     unchanged recipe before it comes here). ``direct``: the recipe file's direct entry, where
     a cached compile of it is remembered for the next one to be served from its files."""
     if not isinstance(recipe, Recipe):
-        recipe = load_recipe(recipe, overrides)
+        recipe = load_recipe(recipe, overrides, document=direct.document if direct else None)
     elif overrides:
         raise RecipeError("overrides apply to recipe files; pass a path or edit the Recipe")
     say = progress or (lambda message: log.info(message))
     out = Path(output_dir) if output_dir is not None else recipe.output_dir()
     model_path = Path(recipe.model)
-    store = None
-    if use_cache and recipe.cache.enabled:
-        store = StageCache(resolve_cache_dir(cache_dir, recipe.cache.dir))
-    cache_root = [store.root] if store is not None else []
-    check_output(out, [*recipe.input_paths(), *cache_root], force)
+    root = resolve_cache_dir(cache_dir, recipe.cache.dir)  # never an output, cache off too
+    store = StageCache(root) if use_cache and recipe.cache.enabled else None
+    check_output(out, [*recipe.input_paths(), root], force)
     # Calibration caches its ranges beside the stages, or nowhere when the cache is off.
     with quiet_polygraphy(), ranges_cache(store.ranges if store is not None else None):
         return _compile(recipe, model_path, out.resolve(), say, store, direct)
@@ -180,12 +178,13 @@ def _compile(
 ) -> CompileResult:
     measuring = _measuring(recipe)
     job = _prepare(recipe, model_path, out, store)
+    read = _read(recipe, job, model_path) if direct is not None and store is not None else None
     hit = store.get(job.compile_key) if store is not None and job.compile_key else None
     if hit is not None:
         say("unchanged: artifacts from the cache")
         dumped = recipe.model_dump(mode="json")
         cached = serve(hit, dumped, model_path, out, store, partial(_deploy, recipe))  # type: ignore[arg-type]
-        _remember(direct, recipe, job, model_path, job.compile_key)
+        _remember(direct, recipe, job, model_path, job.compile_key, read)
         return CompileResult(cached["exit_code"], out, cached)
     reference = Reference(model_path, job.data, recipe.calibration.model_dump(mode="json"))
     staging = stage_output(out)
@@ -203,7 +202,7 @@ def _compile(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _remember(direct, recipe, job, model_path, stored)
+    _remember(direct, recipe, job, model_path, stored, read)
     if job.unavailable:
         raise BackendUnavailableError(
             f"{job.unavailable}. Everything that needs no GPU ran; the report (build marked "
@@ -395,9 +394,8 @@ def _check(
     """The artifact (or, where it cannot run, the final graph) against the reference: on the
     check feeds, at every profile shape, on the golden file; and its latency."""
     say("check accuracy")
-    candidate, _ = artifact_runner(
-        job.backend, built.build, built.build.artifact.with_name(ONNX_ARTIFACT), built.not_run
-    )
+    graph = built.build.artifact.with_name(ONNX_ARTIFACT)
+    candidate, _ = artifact_runner(job.backend, built.build, graph, built.not_run)
     outputs = accuracy.run(candidate, job.data)
     baseline = None
     if recipe.check.baseline:
@@ -426,13 +424,15 @@ def _check(
     if job.golden is not None:
         say("check golden outputs")
         artifact = out / built.build.artifact.name
+        what = checked(built.not_run, emulated=job.backend.name != "onnxruntime")
         golden_check = gate.check_compiled(
-            job.golden, recipe, built.final, candidate, artifact, checked(built.not_run)
+            job.golden, recipe, built.final, candidate, artifact, what
         )
     latency_report = None
     if recipe.check.latency_runs:
         say("measure latency")
-        latency_report = _latency(reference, candidate, job.data[0], recipe, model_path)
+        timed = candidate if built.not_run is None else graph_runner(graph, emulate=False)
+        latency_report = _latency(reference, timed, job.data[0], recipe, model_path)
     return report.Checked(result, outputs, shape_checks, golden_check, latency_report)
 
 
@@ -512,19 +512,34 @@ def _cache_compile(
     return store_compile(job.keys, recipe, job.data, the_report, staging, pairs, drawn)
 
 
-def _remember(
-    direct: Direct | None, recipe: Recipe, job: _Job, model_path: Path, compile_key: str | None
-) -> None:
-    """Remember a cached compile in its recipe's direct entry, so that the next compile of
-    the unchanged recipe is served from its files alone (unchanged.py)."""
-    if direct is None or compile_key is None or job.keys is None:
-        return
+def _read(recipe: Recipe, job: _Job, model_path: Path) -> dict[str, Any] | None:
+    """What the compile reads, with each file's sha256, for its recipe's direct entry
+    (``unchanged.direct_inputs``; None: not one to serve that way)."""
     files = [model_path, *external_data_files(job.source, model_path.parent)]
     names = [info.name for info in feeds.model_inputs(job.source)]
+    return direct_inputs(recipe, [*files, *check_files(recipe)], names)
+
+
+def _remember(
+    direct: Direct | None,
+    recipe: Recipe,
+    job: _Job,
+    model_path: Path,
+    compile_key: str | None,
+    read: dict[str, Any] | None,
+) -> None:
+    """Remember a cached compile in its recipe's direct entry, so that the next compile of
+    the unchanged recipe is served from its files alone (unchanged.py); not when a file it
+    read changed while it ran (``read``: what it read, taken before)."""
+    if direct is None or compile_key is None or job.keys is None or read is None:
+        return
     try:
-        candidate = direct_candidate(recipe, compile_key, files, names)
-        if candidate is not None:
-            record_direct(job.keys.cache, direct.key, candidate)
+        if _read(recipe, job, model_path) != read:
+            log.warning("an input changed during the compile: not remembered for a direct hit")
+            return
+        files = [model_path, *external_data_files(job.source, model_path.parent)]
+        candidate = direct_candidate(recipe, compile_key, read, files)
+        record_direct(job.keys.cache, direct.key, candidate)
     except (TrtoptError, OSError) as error:  # the next compile takes the longer way
         log.warning("could not remember the compile for a direct hit: %s", error)
 

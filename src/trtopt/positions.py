@@ -27,9 +27,13 @@ MAX_DEPTH = 100
 class Document:
     """Data loaded from YAML (or set by flags) and the place of every key path in it."""
 
-    def __init__(self, data: Any, places: dict[KeyPath, Place]) -> None:
+    def __init__(
+        self, data: Any, places: dict[KeyPath, Place], sources: tuple[Path, ...] = ()
+    ) -> None:
         self.data = data
         self.places = places
+        self.sources = sources
+        """The files merged into it, the document's own first (with what it extends)."""
 
     def place(self, path: KeyPath) -> Place | None:
         """The place of ``path``, or of its deepest known ancestor."""
@@ -43,7 +47,7 @@ class Document:
         """This document deep-merged over ``base``: mappings merge, lists and scalars replace."""
         places = dict(base.places)
         places.update(self.places)
-        return Document(_deep_merge(base.data, self.data), places)
+        return Document(_deep_merge(base.data, self.data), places, self.sources + base.sources)
 
     def with_value(self, path: KeyPath, value: Any, place: Place) -> Document:
         """A copy with ``value`` set at ``path`` (creating mappings on the way)."""
@@ -58,7 +62,7 @@ class Document:
         _assign(target, path[-1], value, path, place)
         places = {k: v for k, v in self.places.items() if k[: len(path)] != path}
         places[path] = place
-        return Document(data, places)
+        return Document(data, places, self.sources)
 
 
 def _child(container: Any, key: str | int) -> Any:
@@ -170,4 +174,4 @@ def load_yaml(path: Path) -> Document:
         raise RecipeError(f"invalid YAML: {error}", str(path)) from None
     finally:
         loader.dispose()
-    return Document(data, places)
+    return Document(data, places, (path,))

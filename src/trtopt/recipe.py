@@ -26,7 +26,7 @@ from .errors import Place, RecipeError, did_you_mean
 from .metrics import DEFAULT_QUANTILE, DEFAULT_TOP_K, METRICS
 from .passes import available_passes, get_pass, load_plugin
 from .positions import Document, KeyPath
-from .recipe_yaml import PATH_FIELDS, load_document
+from .recipe_yaml import input_paths, load_document, output_folder
 
 MAX_ERRORS_SHOWN = 5
 MAX_THREADS = 1024
@@ -542,33 +542,15 @@ class Recipe(Strict):
     def output_dir(self) -> Path:
         """`output`, else build/<name> beside the recipe file (so every verb, from any
         folder, finds the same one)."""
-        if self.output:
-            return Path(self.output)
-        return (self._folder or Path()) / "build" / self.name
+        return output_folder(self.output, self.name, self._folder)
 
     def input_paths(self) -> list[Path]:
         """Files and folders a compile of this recipe reads (its own files, `extends`
         included; the model, data, golden and baseline files, caches, plugins): an output
         folder may be none of them and hold none of them. A glob stands for the folder
         before its first wildcard."""
-        dumped = self.model_dump(mode="json")
-        found: list[str] = [*self.plugins]
-        for path in PATH_FIELDS:
-            value: Any = dumped
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            if isinstance(value, str) and path != ("output",):
-                found.append(value)
-        if self._document is not None:
-            found += [place.file for place in self._document.places.values()]
-        paths = []
-        for text in dict.fromkeys(found):
-            parts = Path(text).parts
-            cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
-            path = Path(*parts[:cut]) if cut else Path(text)
-            if cut is not None or path.exists():
-                paths.append(path.absolute())
-        return paths
+        sources = self._document.sources if self._document is not None else ()
+        return input_paths(self.model_dump(mode="json"), sources)
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
@@ -605,7 +587,10 @@ def _pass_item(item: Any) -> Any:
 
 
 def load_recipe(
-    path: str | Path, overrides: list[str] | None = None, run_plugins: bool = True
+    path: str | Path,
+    overrides: list[str] | None = None,
+    run_plugins: bool = True,
+    document: Document | None = None,
 ) -> Recipe:
     """Load, merge (`extends`), override (`--set`) and validate a recipe file.
 
@@ -613,8 +598,12 @@ def load_recipe(
     ``run_plugins=False`` (``trtopt validate``: checking an untrusted recipe must not run
     its code) only parses them: the names their ``@register_pass("...")`` decorators spell
     out are accepted as pass names, with options left for the compile to check.
+    ``document``: the file and ``overrides`` already read as YAML (``load_document``), so that
+    what is validated is what was read, once.
     """
-    recipe = recipe_from_document(load_document(Path(path), overrides), run_plugins)
+    if document is None:
+        document = load_document(Path(path), overrides)
+    recipe = recipe_from_document(document, run_plugins)
     recipe._folder = Path(path).resolve().parent
     recipe._file = Path(path).resolve()
     return recipe

@@ -53,7 +53,7 @@ def _load_document(path: Path, chain: tuple[Path, ...] = ()) -> Document:
         raise RecipeError("empty recipe", str(path))
     if not isinstance(document.data, dict):
         raise RecipeError("a recipe must be a mapping of keys", document.place(()))
-    _absolutize_paths(document, path.parent)
+    _absolutize(document.data, path.parent)
     base_name = document.data.pop("extends", None)
     if base_name is None:
         return document
@@ -65,11 +65,11 @@ def _load_document(path: Path, chain: tuple[Path, ...] = ()) -> Document:
     return document.merged_over(_load_document(base_path, (*chain, path)))
 
 
-def _absolutize_paths(document: Document, base: Path) -> None:
-    """Make path fields absolute relative to the file that wrote them (so `extends` works)."""
-    data = document.data
+def _absolutize(data: dict[Any, Any], base: Path) -> None:
+    """Make path fields and plugins absolute relative to ``base``, the folder of the file
+    that wrote them (so `extends` works) or the current one (``--set``)."""
     for path in PATH_FIELDS:
-        parent = data
+        parent: Any = data
         for key in path[:-1]:
             parent = parent.get(key) if isinstance(parent, dict) else None
         if isinstance(parent, dict) and isinstance(parent.get(path[-1]), str):
@@ -79,7 +79,8 @@ def _absolutize_paths(document: Document, base: Path) -> None:
 
 
 def parse_override(text: str, cwd: Path) -> tuple[KeyPath, Any]:
-    """`check.samples=8` -> (('check', 'samples'), 8); values are YAML scalars or flows."""
+    """`check.samples=8` -> (('check', 'samples'), 8); values are YAML scalars or flows. Paths
+    in the value (a path field, a section holding some, plugins) are relative to ``cwd``."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise RecipeError("expected KEY=VALUE", f"--set {text}")
@@ -94,9 +95,22 @@ def parse_override(text: str, cwd: Path) -> tuple[KeyPath, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise RecipeError(f"invalid value: {error}", f"--set {text}") from None
-    if path in PATH_FIELDS and isinstance(value, str):
-        value = str(cwd / value)
-    return path, value
+    return path, _absolute_value(path, value, cwd)
+
+
+def _absolute_value(path: KeyPath, value: Any, base: Path) -> Any:
+    """``value``, to be set at ``path``, with the paths in it made absolute relative to
+    ``base``: the value itself where ``path`` is a path field or a plugin, the path fields
+    inside it where it is a section (``--set check={data: {npz: x}}``)."""
+    if path[:1] == ("plugins",) and len(path) == 2 and isinstance(value, str):
+        return str(base / value)
+    data: Any = value
+    for key in reversed(path):
+        data = {key: data}
+    _absolutize(data, base)
+    for key in path:
+        data = data[key]
+    return data
 
 
 def load_document(path: Path, overrides: list[str] | None = None) -> Document:
@@ -106,3 +120,34 @@ def load_document(path: Path, overrides: list[str] | None = None) -> Document:
         key_path, value = parse_override(text, Path.cwd())
         document = document.with_value(key_path, value, Place(f"--set {text}"))
     return document
+
+
+def output_folder(output: str | None, name: str, folder: Path | None) -> Path:
+    """Where a compile writes: `output`, else build/<name> beside the recipe file (``folder``;
+    None: the current folder)."""
+    if output:
+        return Path(output)
+    return (folder or Path()) / "build" / name
+
+
+def input_paths(data: dict[str, Any], sources: tuple[Path, ...]) -> list[Path]:
+    """Files and folders a compile of the recipe ``data`` (its path fields absolute) reads:
+    its own files (``sources``: the recipe and what it `extends`), the model, data, golden
+    and baseline files, caches, plugins. A glob stands for the folder before its first
+    wildcard; a plain path that does not exist is left out."""
+    found: list[str] = [str(p) for p in data.get("plugins") or [] if isinstance(p, str)]
+    for path in PATH_FIELDS:
+        value: Any = data
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and path != ("output",):
+            found.append(value)
+    found += [str(source) for source in sources]
+    paths = []
+    for text in dict.fromkeys(found):
+        parts = Path(text).parts
+        cut = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), None)
+        path = Path(*parts[:cut]) if cut else Path(text)
+        if cut is not None or path.exists():
+            paths.append(path.absolute())
+    return paths

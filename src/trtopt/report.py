@@ -92,7 +92,10 @@ def compile_report(
             "data": data_source,
             "failures": failures,
             "profiles": [c.to_json() for c in checked.shapes],
-            "checked": checked_what(None if not_run is None else not_run[1]),
+            "checked": checked_what(
+                None if not_run is None else not_run[1],
+                emulated=not_run is not None and not_run[0] != "onnxruntime",
+            ),
             "artifact_not_run": None
             if not_run is None
             else f"the {not_run[0]} artifact itself was not run: {not_run[1]}",

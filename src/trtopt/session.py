@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 ARTIFACT_CHECKED = "artifact"
 GRAPH_CHECKED = "final ONNX graph on ONNX Runtime"
-"""What a check ran: the artifact itself, or the graph it was built from."""
+EMULATED_CHECKED = f"{GRAPH_CHECKED}, its FP16/BF16 rounded as TensorRT rounds it"
+"""What a check ran: the artifact itself, or the graph it was built from (for a TensorRT
+engine, with its reduced precision emulated: trtopt.emulation.LIMITS says what that shows)."""
 
 
 class Reference:
@@ -63,15 +65,15 @@ def artifact_runner(
     reason = unavailable or backend.unavailable() or backend.cannot_run(build)
     if reason is None:
         return backend.runner(build), None
-    return graph_runner(graph, backend), reason
+    return graph_runner(graph, emulate=backend.name != "onnxruntime"), reason
 
 
-def graph_runner(graph: Path, backend: Backend) -> OnnxrtRunner:
-    """A runner for ``graph`` standing in for ``backend``'s artifact built from it. For
-    TensorRT, the graph's FP16/BF16 rounding is emulated (``emulation.session``): ONNX
-    Runtime's CPU computes most FP16 ops in FP32 and drops their Casts, which would show little
-    of the error the engine has."""
-    if backend.name == "onnxruntime":
+def graph_runner(graph: Path, emulate: bool) -> OnnxrtRunner:
+    """A runner for ``graph`` standing in for the artifact built from it. ``emulate`` (a
+    TensorRT engine's graph): its FP16/BF16 rounding is emulated (``emulation.session``), as
+    ONNX Runtime's CPU computes most FP16 ops in FP32 and drops their Casts, which would show
+    little of the error the engine has; not for timing (its sessions run unoptimized)."""
+    if not emulate:
         return OnnxrtRunner(session_loader(graph), name="artifact")
 
     def load() -> ort.InferenceSession:
@@ -82,6 +84,9 @@ def graph_runner(graph: Path, backend: Backend) -> OnnxrtRunner:
     return OnnxrtRunner(load, name="artifact")
 
 
-def checked(reason: str | None) -> str:
-    """What a check ran, given why the artifact could not run (None: it ran)."""
-    return ARTIFACT_CHECKED if reason is None else GRAPH_CHECKED
+def checked(reason: str | None, emulated: bool = False) -> str:
+    """What a check ran, given why the artifact could not run (None: it ran) and whether the
+    graph ran with its rounding emulated."""
+    if reason is None:
+        return ARTIFACT_CHECKED
+    return EMULATED_CHECKED if emulated else GRAPH_CHECKED

@@ -29,7 +29,8 @@ from .compile_result import CompileResult
 from .digests import digest, file_digest
 from .errors import TrtoptError
 from .lazy import lazy_import
-from .recipe_yaml import load_document
+from .positions import Document
+from .recipe_yaml import input_paths, load_document, output_folder
 from .report_text import write_reports
 from .staging import check_output, refuse_inputs
 from .staging import commit as commit_output
@@ -46,9 +47,9 @@ log = logging.getLogger("trtopt")
 
 DIRECT = "direct"
 """The kind of a direct entry in the stage cache."""
-DIRECT_PACKAGES = ("pydantic", "pyyaml", "ml_dtypes", "tensorrt-rtx")
+DIRECT_PACKAGES = ("pydantic", "pyyaml", "ml_dtypes", "pillow", "tensorrt-rtx")
 """Packages that decide a direct hit beyond the computing ones (:func:`cache.environment`): how
-the recipe is read, and whether the RTX backend is here to build."""
+the recipe is read, how images decode, and whether the RTX backend is here to build."""
 CANDIDATES_KEPT = 4
 """Compiles a direct entry remembers for one recipe (the same YAML over other files): switching
 between a few models or data sets stays a direct hit."""
@@ -127,22 +128,41 @@ def _cached_plots(entry: Entry) -> html_report.Drawn:
 # -- direct entries ------------------------------------------------------------------------
 
 
-def direct_key(data: Any) -> str:
+def direct_key(data: Any, sources: Sequence[Path]) -> str:
     """The direct entry's key: a recipe's YAML data (``extends`` and overrides merged, paths
-    absolute), trtopt's code and the versions that decide what a compile of it makes."""
+    absolute), its files (``sources``: where the default output goes, what an output may not
+    hold), trtopt's code and the versions that decide what a compile of it makes. A ValueError
+    for data JSON cannot tell apart (a key that is no string)."""
     versions = {package: installed(package) for package in DIRECT_PACKAGES}
-    return digest(DIRECT, data, environment(), versions)
+    files = [str(path) for path in sources]
+    return digest(DIRECT, _canonical(data), files, environment(), versions)
 
 
-def direct_candidate(
-    recipe: Recipe, compile_key: str, model_files: Sequence[Path], input_names: Sequence[str]
+def _canonical(value: Any) -> Any:
+    """``value`` as JSON that keeps it apart from every other YAML value: a date, bytes or a
+    set is tagged with its type (``name: 2024-01-01`` is not ``name: '2024-01-01'``)."""
+    if isinstance(value, dict):
+        if not all(isinstance(key, str) for key in value):
+            raise ValueError("a mapping key that is not a string")
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_canonical(item) for item in value]
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    return {"yaml-type": type(value).__name__, "value": repr(value)}
+
+
+def direct_inputs(
+    recipe: Recipe, files: Sequence[Path], input_names: Sequence[str]
 ) -> dict[str, Any] | None:
-    """What a direct entry records of one compile: the files it read with their sha256, the
-    data files each glob or folder matched, the compile's key, and what serving it needs
-    (the recipe as the report holds it, the model, the output folder and the inputs it may
-    not hold). None for a compile that files alone cannot prove unchanged: a data script
-    (it may read anything), GPU providers (whether the GPU is here decides the compile),
-    a Triton deployment (a new version on every compile)."""
+    """What a compile of ``recipe`` reads, each file with its sha256 (None where absent):
+    ``files`` (the model's and the check's, as the pipeline names them), the plugins as named
+    (a symlink may be pointed elsewhere) and the files they import, and the data files each
+    glob or folder matched (for a model whose inputs are ``input_names``). Taken before a
+    compile and again after it, so a file edited meanwhile is never remembered. None for a
+    compile that files alone cannot prove unchanged: a data script (it may read anything),
+    GPU providers (whether the GPU is here decides the compile), a Triton deployment (a new
+    version on every compile)."""
     sources = [recipe.check.data, recipe.data.calibration, recipe.data.validation]
     sources = [s for s in sources if s is not None and s.kind != "synthetic"]
     providers = {*recipe.build.onnxruntime.providers, *recipe.calibration.providers}
@@ -153,20 +173,29 @@ def direct_candidate(
     listings = []
     for source in sources:
         found = source_files(source.kind, source.path or "", input_names)
-        files = [str(path) for path in found]
-        listings.append({"kind": source.kind, "path": source.path, "inputs": list(input_names)})
-        listings[-1]["files"] = files
-    read = [*model_files, *(f for p in recipe.plugins for f in plugin_files(Path(p)))]
-    read += [Path(f) for f in (recipe.check.golden, recipe.check.baseline) if f]
+        files_found = [str(path) for path in found]
+        listing = {"kind": source.kind, "path": source.path, "inputs": list(input_names)}
+        listings.append({**listing, "files": files_found})
+    read = [*files, *map(Path, recipe.plugins)]
+    read += [f for p in recipe.plugins for f in plugin_files(Path(p))]
     read += [Path(f) for listing in listings for f in listing["files"]]
     return {
-        "compile": compile_key,
         "files": {str(path): file_digest(path) if path.is_file() else None for path in read},
         "listings": listings,
+    }
+
+
+def direct_candidate(
+    recipe: Recipe, compile_key: str, inputs: dict[str, Any], model_files: Sequence[Path]
+) -> dict[str, Any]:
+    """What a direct entry records of one compile: what it read (:func:`direct_inputs`), its
+    key, and what serving it needs (the recipe as the report holds it, the model, the
+    model's external data files, which the output may not hold)."""
+    return {
+        **inputs,
+        "compile": compile_key,
         "recipe": recipe.model_dump(mode="json"),
         "model": str(recipe.model),
-        "output": str(recipe.output_dir().absolute()),
-        "inputs": [str(path) for path in recipe.input_paths()],
         "external": [str(path) for path in model_files[1:]],
     }
 
@@ -187,8 +216,10 @@ def record_direct(store: StageCache, key: str, candidate: dict[str, Any]) -> Non
 
 @dataclass
 class Direct:
-    """Where a recipe's direct entry is: its key and the stage cache that holds it."""
+    """A recipe file as YAML, and where its direct entry is: its key and the stage cache
+    that holds it."""
 
+    document: Document
     key: str
     store: StageCache
 
@@ -200,29 +231,39 @@ def find_direct(
     it cannot be read (the pipeline then says why, with the schema's help)."""
     try:
         document = load_document(Path(recipe_path), overrides)
-    except TrtoptError:
-        return None
-    data = document.data
-    settings = data.get("cache", {})
-    if not isinstance(settings, dict) or settings.get("enabled", True) is not True:
+        data = document.data
+        settings = data.get("cache", {})
+        if not isinstance(settings, dict) or settings.get("enabled", True) is not True:
+            return None
+        key = direct_key(data, document.sources)
+    except (TrtoptError, ValueError):
         return None
     folder = settings.get("dir")
     store = StageCache(resolve_cache_dir(cache_dir, folder if isinstance(folder, str) else None))
-    return Direct(direct_key(data), store)
+    return Direct(document, key, store)
 
 
 def serve_direct(
     direct: Direct, output_dir: str | Path | None, force: bool, say: Callable[[str], None]
 ) -> CompileResult | None:
     """The compile of an unchanged recipe, served from the cache by its files alone; None when
-    anything may have changed."""
+    anything may have changed. Where it goes and what it may not replace come from the
+    recipe, as the pipeline has them, never from the cache."""
+    data, sources = direct.document.data, direct.document.sources
+    name, output = data.get("name"), data.get("output")
+    if not isinstance(name, str) or not isinstance(output, str | None) or not sources:
+        return None
     entry = direct.store.get(direct.key)
     found = _unchanged(direct.store, entry.meta.get("candidates")) if entry else None
     if found is None:
         return None
     candidate, hit = found
-    out = Path(output_dir) if output_dir is not None else Path(candidate["output"])
-    check_output(out, [*map(Path, candidate["inputs"]), direct.store.root], force)
+    out = (
+        Path(output_dir)
+        if output_dir is not None
+        else output_folder(output, name, sources[0].parent)
+    )
+    check_output(out, [*input_paths(data, sources), direct.store.root], force)
     refuse_inputs(out, [Path(p) for p in candidate["external"]])
     say("unchanged: artifacts from the cache")
     out = out.resolve()
