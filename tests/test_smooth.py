@@ -108,7 +108,7 @@ def test_int8_after_smoothing_is_closer_to_fp32(tmp_path, write_recipe, smooth):
         "model": str(path),
         "inputs": {"x": {"shape": [1, TOKENS, CHANNELS]}},
         "data": {"calibration": {"npz": _npz(tmp_path / "calib", _feeds(16, 1))}},
-        "passes": [{"smooth": {"alpha": 0.5}}, quantize] if smooth else [quantize],
+        "passes": ["smooth", quantize] if smooth else [quantize],
         "check": {
             "data": {"npz": _npz(tmp_path / "held-out", _feeds(8, 3))},
             "samples": 8,
@@ -121,6 +121,6 @@ def test_int8_after_smoothing_is_closer_to_fp32(tmp_path, write_recipe, smooth):
     kept = [p["name"] for p in result.report["passes"] if not p.get("rolled_back")]
     assert kept == ["smooth", "quantize"] if smooth else ["quantize"]
     cosine = result.report["accuracy"]["outputs"]["y"]["metrics"]["cosine"]
-    # Measured: cosine 0.9971 (max abs 15.1) plain, 0.99981 (3.87) smoothed: unsmoothed, the
+    # Measured: cosine 0.9971 (max abs 15.1) plain, 0.99988 (2.09) smoothed: unsmoothed, the
     # two outlier channels set the per-tensor scale of every MatMul input.
     assert (cosine > 0.9995) if smooth else (cosine < 0.998)
