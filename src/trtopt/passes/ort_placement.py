@@ -34,7 +34,7 @@ import onnx_graphsurgeon as gs
 
 from .fusion.pattern import constant_value
 from .graph_tools import is_float
-from .qdq_plan import Plan, Site
+from .qdq_plan import Plan, Site, insert_qdq
 
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 """DQ on every input, Q on the output: QLinearConv, QLinearConvTranspose, QGemm, QLinearMatMul."""
@@ -273,26 +273,5 @@ def qdq(graph: gs.Graph, tensor: gs.Tensor, amax: float, unsigned: bool) -> gs.V
     only where its Q feeds one DQ, so a tensor read twice would leave both readers float):
     zero point 128 and step amax / 127, or for a never-negative tensor zero point 0 and step
     amax / 255, the Relu before it then folded."""
-    name = tensor.name
     step, zero_point = (amax / UINT8_MAX, 0) if unsigned else (amax / INT8_MAX, UINT8_ZERO)
-    scale = gs.Constant(f"{name}_scale", np.array(step, dtype=np.float32))
-    zero = gs.Constant(f"{name}_zero_point", np.array(zero_point, dtype=np.uint8))
-    q_out = gs.Variable(f"{name}_quantized", dtype=np.uint8, shape=tensor.shape)
-    dq_out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=tensor.shape)
-    graph.nodes.append(
-        gs.Node(
-            "QuantizeLinear",
-            f"{name}_QuantizeLinear",
-            inputs=[tensor, scale, zero],
-            outputs=[q_out],
-        )
-    )
-    graph.nodes.append(
-        gs.Node(
-            "DequantizeLinear",
-            f"{name}_DequantizeLinear",
-            inputs=[q_out, scale, zero],
-            outputs=[dq_out],
-        )
-    )
-    return dq_out
+    return insert_qdq(graph, tensor, step, np.array(zero_point, dtype=np.uint8))

@@ -1,11 +1,21 @@
 """Where a Q/DQ placement puts quantization: the sites and units every placement (TensorRT's,
 ONNX Runtime's; trtopt.passes.quantize, trtopt.passes.ort_placement) hands the quantize pass,
-which calibrates, searches and rewrites them the same way whichever placed them."""
+which calibrates, searches and rewrites them the same way whichever placed them; and the Q/DQ
+pair both write."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..lazy import lazy_import
+
+if TYPE_CHECKING:
+    import numpy as np
+    import onnx_graphsurgeon as gs
+else:
+    np = lazy_import("numpy", globals())
+    gs = lazy_import("onnx_graphsurgeon", globals())
 
 
 @dataclass
@@ -63,3 +73,20 @@ class Plan:
             producers=self.producers,
             runtime=self.runtime,
         )
+
+
+def insert_qdq(graph: gs.Graph, tensor: gs.Tensor, step: float, zero_point: Any) -> gs.Variable:
+    """A QuantizeLinear -> DequantizeLinear pair on ``tensor`` (one scale ``step``, the zero
+    point a numpy scalar of the quantized type), appended to ``graph``; the dequantized tensor,
+    for the readers to take."""
+    name = tensor.name
+    scale = gs.Constant(f"{name}_scale", np.array(step, dtype=np.float32))
+    zero = gs.Constant(f"{name}_zero_point", np.asarray(zero_point))
+    q_out = gs.Variable(f"{name}_quantized", dtype=zero.values.dtype, shape=tensor.shape)
+    dq_out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=tensor.shape)
+    q = gs.Node("QuantizeLinear", f"{name}_QuantizeLinear", inputs=[tensor, scale, zero])
+    q.outputs = [q_out]
+    dq = gs.Node("DequantizeLinear", f"{name}_DequantizeLinear", inputs=[q_out, scale, zero])
+    dq.outputs = [dq_out]
+    graph.nodes += [q, dq]
+    return dq_out

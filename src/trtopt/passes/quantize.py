@@ -69,7 +69,7 @@ from .graph_tools import (
 )
 from .local_error import local_snr, unmeasured
 from .precision import QDQ_FP16_OPSET, Precision
-from .qdq_plan import Plan, Site
+from .qdq_plan import Plan, Site, insert_qdq
 from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search, uses_ranking
 
@@ -410,11 +410,12 @@ class Quantize(Pass):
         calibrator: Calibrator | Literal["auto"] | None = None
         """How activation ranges are chosen from the calibration histograms. Default: minmax,
         measured best on every pretrained model here, INT8 and FP8 (TensorRT's own default is
-        entropy, which clipped PP-OCRv4's recognizer to no correct line in INT8). auto: entropy, minmax and percentile from one collection of
-        histograms, the model quantized with each (what goes around included) judged on the
-        validation data by ``auto``'s metric and samples (without ``auto``: cosine, 8 feeds),
-        the best kept (details.calibration.scores). Not for int4 (weight-only: no activation
-        ranges), nor are percentile, per_channel, pooling, residual_add and bins."""
+        entropy, which clipped PP-OCRv4's recognizer to no correct line in INT8). auto:
+        entropy, minmax and percentile from one collection of histograms, the model quantized
+        with each (what goes around included) judged on the validation data by ``auto``'s
+        metric and samples (without ``auto``: cosine, 8 feeds), the best kept
+        (details.calibration.scores). Not for int4 (weight-only: no activation ranges), nor
+        are percentile, per_channel, pooling, residual_add and bins."""
         percentile: Annotated[float, Field(gt=50, le=100)] = 99.99
         """The percentile calibrator's percentile of |x|."""
         per_channel: bool = True
@@ -1340,28 +1341,7 @@ def quantize_weight(
 
 
 def _qdq(graph: gs.Graph, tensor: gs.Tensor, amax: float, qtype: QuantizedType) -> gs.Variable:
-    name = tensor.name
-    scale = gs.Constant(f"{name}_scale", np.array(amax / qtype.max, dtype=np.float32))
-    zero = gs.Constant(f"{name}_zero_point", np.array(0, dtype=qtype.numpy_type))
-    q_out = gs.Variable(f"{name}_quantized", dtype=qtype.numpy_type, shape=tensor.shape)
-    dq_out = gs.Variable(f"{name}_dequantized", dtype=np.float32, shape=tensor.shape)
-    graph.nodes.append(
-        gs.Node(
-            "QuantizeLinear",
-            f"{name}_QuantizeLinear",
-            inputs=[tensor, scale, zero],
-            outputs=[q_out],
-        )
-    )
-    graph.nodes.append(
-        gs.Node(
-            "DequantizeLinear",
-            f"{name}_DequantizeLinear",
-            inputs=[q_out, scale, zero],
-            outputs=[dq_out],
-        )
-    )
-    return dq_out
+    return insert_qdq(graph, tensor, amax / qtype.max, np.array(0, dtype=qtype.numpy_type))
 
 
 def _is_dequantized(tensor: gs.Tensor) -> bool:
