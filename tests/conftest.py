@@ -67,3 +67,20 @@ def recipe_for() -> Callable[..., dict]:
         return recipe
 
     return make
+
+
+@pytest.fixture
+def hallway(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The recipes a test's compiles took down the pipeline (one served from its direct entry
+    is not listed)."""
+    from trtopt import pipeline  # with the fixture: the hallway loads ONNX Runtime
+
+    calls: list[str] = []
+    full_way = pipeline.compile
+
+    def counted(recipe, *args, **kwargs):
+        calls.append(str(recipe))
+        return full_way(recipe, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "compile", counted)
+    return calls

@@ -79,3 +79,17 @@ def hostile_recipe(tmp_path: Path, **changes: object) -> Path:
     path = tmp_path / "recipe.yaml"
     path.write_text(json.dumps(recipe))
     return path
+
+
+NOOP_PLUGIN = """
+from trtopt import Pass, register_pass
+
+
+@register_pass("noop")
+class Noop(Pass):
+    \"\"\"Change nothing.\"\"\"
+
+    def run(self, graph, ctx):
+        return graph
+"""
+"""A plugin file's text: one pass that changes nothing."""

@@ -11,37 +11,11 @@ import onnx
 import pytest
 
 import trtopt
-from helpers import ROOT
-from trtopt import pipeline, unchanged
+from helpers import NOOP_PLUGIN, ROOT
+from trtopt import unchanged
 from trtopt.cache import StageCache
 
 QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
-
-PLUGIN = """
-from trtopt import Pass, register_pass
-
-
-@register_pass("noop")
-class Noop(Pass):
-    \"\"\"Change nothing.\"\"\"
-
-    def run(self, graph, ctx):
-        return graph
-"""
-
-
-@pytest.fixture
-def hallway(monkeypatch) -> list[str]:
-    """The recipes that went down the pipeline (served directly: not listed)."""
-    calls: list[str] = []
-    full_way = pipeline.compile
-
-    def counted(recipe, *args, **kwargs):
-        calls.append(str(recipe))
-        return full_way(recipe, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "compile", counted)
-    return calls
 
 
 def _recipe(tmp_path: Path, model: Path, **changes) -> dict:
@@ -73,7 +47,7 @@ def setup(tmp_path, write_recipe) -> tuple[Path, Path]:
     """A recipe with a plugin and npz check data, and its model (a copy)."""
     model = tmp_path / "model.onnx"
     model.write_bytes(QUICKSTART_MODEL.read_bytes())
-    (tmp_path / "noop.py").write_text(PLUGIN)
+    (tmp_path / "noop.py").write_text(NOOP_PLUGIN)
     _feed(tmp_path, "a.npz", 0)
     return write_recipe(_recipe(tmp_path, model)), model
 
@@ -114,7 +88,7 @@ def test_a_changed_input_goes_down_the_pipeline(setup, hallway, tmp_path, change
     elif change == "data file":
         _feed(tmp_path, "a.npz", 2)
     elif change == "plugin":
-        (tmp_path / "noop.py").write_text(PLUGIN + "\n# edited\n")
+        (tmp_path / "noop.py").write_text(NOOP_PLUGIN + "\n# edited\n")
     else:
         overrides = ["check.samples=1"]
     changed = trtopt.compile(recipe, overrides=overrides)

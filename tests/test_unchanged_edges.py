@@ -12,39 +12,14 @@ import pytest
 import yaml
 
 import trtopt
-from helpers import ROOT
+from helpers import NOOP_PLUGIN, ROOT
 from trtopt import pipeline
 
 QUICKSTART_MODEL = ROOT / "recipes" / "models" / "quickstart.onnx"
 
-PLUGIN = """
-from trtopt import Pass, register_pass
-
-
-@register_pass("noop")
-class Noop(Pass):
-    \"\"\"Change nothing.\"\"\"
-
-    def run(self, graph, ctx):
-        return graph
-"""
 
 # The same pass name, but it raises: with `strict: true` a rollback fails the compile (exit 1).
-BROKEN_PLUGIN = PLUGIN.replace("return graph", "raise RuntimeError('broken on purpose')")
-
-
-@pytest.fixture
-def hallway(monkeypatch) -> list[str]:
-    """The recipes that went down the pipeline (served directly: not listed)."""
-    calls: list[str] = []
-    full_way = pipeline.compile
-
-    def counted(recipe, *args, **kwargs):
-        calls.append(str(recipe))
-        return full_way(recipe, *args, **kwargs)
-
-    monkeypatch.setattr(pipeline, "compile", counted)
-    return calls
+BROKEN_NOOP_PLUGIN = NOOP_PLUGIN.replace("return graph", "raise RuntimeError('broken on purpose')")
 
 
 def _feed(folder: Path, name: str, seed: int) -> None:
@@ -124,8 +99,8 @@ def test_a_plugin_symlink_pointed_elsewhere_is_not_served(tmp_path, hallway):
     *target*. Pointing the symlink at another file (a common way to switch versions) leaves
     that target unchanged: the old compile is served, while the full path imports the new
     file (here a pass that raises, which `strict: true` turns into exit 1)."""
-    (tmp_path / "v1.py").write_text(PLUGIN)
-    (tmp_path / "v2.py").write_text(BROKEN_PLUGIN)
+    (tmp_path / "v1.py").write_text(NOOP_PLUGIN)
+    (tmp_path / "v2.py").write_text(BROKEN_NOOP_PLUGIN)
     link = tmp_path / "noop.py"
     link.symlink_to(tmp_path / "v1.py")
     recipe = _write(
@@ -195,8 +170,8 @@ def test_a_relative_plugin_override_from_another_folder_is_not_served(
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir()
     two.mkdir()
-    (one / "noop.py").write_text(PLUGIN)
-    (two / "noop.py").write_text(BROKEN_PLUGIN)
+    (one / "noop.py").write_text(NOOP_PLUGIN)
+    (two / "noop.py").write_text(BROKEN_NOOP_PLUGIN)
     overrides = ["plugins=[noop.py]", "passes=[cleanup, noop]"]
     monkeypatch.chdir(one)
     assert trtopt.compile(recipe, overrides=overrides).exit_code == 0

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ..docstrings import describe_fields
+from ..errors import DataError
 
 if TYPE_CHECKING:  # for annotations only: validating a recipe's options loads no graph library
     import numpy as np
@@ -49,6 +50,22 @@ class PassContext:
     artifacts_dir: Path | None = None
     details: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+
+    def calibration_data(self, pass_name: str, measured: str) -> DataSet:
+        """The calibration data a pass reads, checked before any work (the first feed's
+        names, dtypes and shapes): a DataError when the recipe has none, and a warning when it
+        is synthetic, naming what the pass ``measured`` on it."""
+        if self.calibration is None:
+            raise DataError(
+                f"the {pass_name} pass needs calibration data (recipe: data.calibration)"
+            )
+        if self.calibration.synthetic:
+            self.warnings.append(
+                f"{pass_name}: {measured} on synthetic data; not representative of real inputs "
+                "(declare data.calibration)"
+            )
+        self.calibration.first()
+        return self.calibration
 
 
 @dataclass

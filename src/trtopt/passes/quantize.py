@@ -74,7 +74,7 @@ from .registry import register_pass
 from .sensitivity import AutoOptions, Candidate, Judge, search, uses_ranking
 
 if TYPE_CHECKING:
-    from ..calibration import DataSet
+    pass
 
 INT8_MAX = 127
 FP8_MAX = 448.0
@@ -610,19 +610,6 @@ class Quantize(Pass):
         gc.collect()
         return PassResult(graph, kept=reported + around, coverage=quantized)
 
-    def _data(self, ctx: PassContext) -> DataSet:
-        """The calibration data, checked before any work."""
-        data = ctx.calibration
-        if data is None:
-            raise DataError("the quantize pass needs calibration data (recipe: data.calibration)")
-        if data.synthetic:
-            ctx.warnings.append(
-                "quantize: calibrated on synthetic data; ranges are not representative of real "
-                "inputs (declare data.calibration)"
-            )
-        data.first()  # names, dtypes and shapes checked before any work
-        return data
-
     def _calibrate(
         self, graph: gs.Graph, plan: Plan, activations: list[str], ctx: PassContext
     ) -> tuple[dict[str, float], Guarded | None]:
@@ -630,7 +617,7 @@ class Quantize(Pass):
         calibrator auto, what the data guard kept around the Q/DQ (``_guarded``) while
         judging (else None: not measured)."""
         options: Any = self.options
-        data = self._data(ctx)
+        data = ctx.calibration_data("quantize", "calibrated")
         calibrator = options.calibrator or DEFAULT_CALIBRATORS[self.qtype.name]
         # The graph as ONNX Runtime runs it, its weights graph inputs fed from the graph's own
         # arrays: a whole export would hold another copy of every weight, and the serialized
@@ -721,7 +708,7 @@ class Quantize(Pass):
                 groups.setdefault(node.inputs[0].name, []).append(site)
         if not groups:
             return
-        data = self._data(ctx)
+        data = ctx.calibration_data("quantize", "calibrated")
         tensors = graph.tensors()
 
         def rows(site: Site) -> np.ndarray:  # the weight as [K, N]

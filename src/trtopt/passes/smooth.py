@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field
 
-from ..errors import DataError
 from ..lazy import lazy_import
 from .base import Pass, PassContext, PassOptions, PassResult
 from .registry import register_pass
@@ -62,13 +61,7 @@ class Smooth(Pass):
         if not groups:
             ctx.details["activations"] = {}
             return PassResult(graph, modified=False)
-        data = ctx.calibration
-        if data is None:
-            raise DataError("the smooth pass needs calibration data (recipe: data.calibration)")
-        if data.synthetic:
-            ctx.warnings.append(
-                "smooth: channel ranges measured on synthetic data; declare data.calibration"
-            )
+        data = ctx.calibration_data("smooth", "channel ranges measured")
         amax = {name: np.zeros(len(_rows(members[0]))) for name, members in groups.items()}
 
         def observe(name: str, array: np.ndarray) -> None:
