@@ -15,9 +15,9 @@ from trtopt.model import load_model
 from trtopt.passes.graph_shapes import computed_shapes
 
 FLOW = MODELS / "control_flow"
-# Change numerics on purpose (precision), need calibration data (quantize) or judge rather than
-# transform (lint): tested apart, for loading and running.
-APART = {"precision", "quantize", "lint"}
+# Change numerics on purpose (precision), need calibration data (quantize, smooth) or judge
+# rather than transform (lint): tested apart, for loading and running.
+APART = {"precision", "quantize", "smooth", "lint"}
 CHAINS = {
     **{name: [name] for name in trtopt.available_passes() if name not in APART},
     "default": None,

@@ -124,3 +124,58 @@ def test_int8_after_smoothing_is_closer_to_fp32(tmp_path, write_recipe, smooth):
     # Measured: cosine 0.9971 (max abs 15.1) plain, 0.99988 (2.09) smoothed: unsmoothed, the
     # two outlier channels set the per-tensor scale of every MatMul input.
     assert (cosine > 0.9995) if smooth else (cosine < 0.998)
+
+
+def test_an_activation_a_branch_reads_is_never_divided_in_place(tmp_path):
+    """An If branch reads the LayerNorm's output without its node listing it: folding 1/s into
+    the LayerNorm would hand the branch the divided values, so a Mul feeds the product."""
+    rng = np.random.default_rng(0)
+    gamma = np.ones(CHANNELS, np.float32)
+    gamma[OUTLIERS] = 30.0
+    shape = [1, TOKENS, CHANNELS]
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        node = helper.make_node(op, ["a"] if op == "Identity" else ["a", "a"], [f"{name}_out"])
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, shape)
+        return helper.make_graph([node], name, [], [out])
+
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "g", "b"], ["a"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["a", "w"], ["y"], name="fc"),
+        helper.make_node(
+            "If", ["flag"], ["z"], name="branch",
+            then_branch=branch("then", "Identity"), else_branch=branch("else", "Add"),
+        ),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "captured",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, shape),
+        ],
+        [
+            numpy_helper.from_array(gamma, "g"),
+            numpy_helper.from_array(np.zeros(CHANNELS, np.float32), "b"),
+            numpy_helper.from_array(
+                rng.normal(0, 0.1, (CHANNELS, CHANNELS)).astype(np.float32), "w"
+            ),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    data = [{**feed, "flag": np.array(True)} for feed in _feeds(4, 1)]
+    infos = feeds.model_inputs(model)
+    source = DataSource(npz=_npz(tmp_path / "calib", data))
+    ctx = PassContext(scratch_dir=tmp_path, calibration=DataSet(source, infos, {}, {}))
+    result = Smooth().run(gs.import_onnx(model), ctx)
+    assert ctx.details["activations"]["a"]["into"] == "a_smooth"
+    smoothed = gs.export_onnx(result.graph)
+    session = ort.InferenceSession(smoothed.SerializeToString(), providers=["CPUExecutionProvider"])
+    original = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for feed in data[:2]:
+        for got, want in zip(session.run(None, feed), original.run(None, feed)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -150,7 +150,9 @@ def _spread(amax: np.ndarray) -> float:
 
 
 def _apply(graph: gs.Graph, activation: gs.Tensor, members: list[_Member], scale: Any) -> str:
-    """Scale the weights' rows and divide the activation; where the division went."""
+    """Scale the weights' rows and divide the activation; where the division went (into the
+    LayerNormalization that writes it only where nothing else reads it: graphsurgeon lists a
+    node in an If or Loop body that reads it as one of its readers too)."""
     made: dict[int, gs.Constant] = {}
     for member in members:
         if id(member.weight) not in made:
