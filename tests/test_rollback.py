@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import numpy as np
 import onnx
@@ -260,3 +261,65 @@ def test_a_clean_chain_is_proven_once_and_a_broken_one_stage_by_stage(plugin, mo
     trtopt.optimize(model, chain, plugins=[plugin], on_rollback=rolled.append)
     assert [r.pass_name for r in rolled] == ["scale-weight"]
     assert len(judged) == 1 + 3  # the refused final graph, then each of the 3 changed stages
+
+
+def test_the_original_runs_beside_the_passes_and_the_chain_is_fingerprinted_twice(monkeypatch):
+    # The original's ONNX Runtime run is on a thread of its own (it releases the GIL) while
+    # the passes run; the proven final graph runs on the caller's thread after it. Whether
+    # a clean chain changed the graph is two fingerprints (before and after), not two a pass.
+    from trtopt import optimizer, stages
+
+    ran, fingerprints = [], []
+    run, signature = stages.run, stages.graph_signature
+
+    def recording(original, feeds, threads=None):
+        ran.append((type(original).__name__, threading.current_thread().name))
+        return run(original, feeds, threads)
+
+    def counting(graph, alive=None):
+        fingerprints.append(graph)
+        return signature(graph, alive)
+
+    monkeypatch.setattr(optimizer, "run_stage", recording)
+    monkeypatch.setattr(stages, "run", recording)
+    monkeypatch.setattr(stages, "graph_signature", counting)
+    trtopt.optimize(onnx.load(str(MODEL)), ["cleanup", "fold-constants", "fuse", "cleanup"])
+    assert ran == [("bytes", "trtopt-reference"), ("PosixPath", threading.main_thread().name)]
+    assert len(fingerprints) == 2
+
+
+def test_a_stage_the_checker_refuses_names_the_checkers_reason(plugin, tmp_path):
+    # The checker reads the stage's bytes as written, not the file again: the same refusal.
+    rollbacks = []
+    trtopt.optimize_file(
+        MODEL, tmp_path / "o.onnx", ["dangle"], plugins=[plugin], on_rollback=rollbacks.append
+    )
+    assert [r.pass_name for r in rollbacks] == ["dangle"]
+    assert rollbacks[0].reason.startswith("invalid ONNX model: ")
+    assert (tmp_path / "o.onnx").is_file()
+
+
+def test_unread_weights_are_fingerprinted_by_identity_and_stay_unread():
+    import onnx_graphsurgeon as gs
+
+    from trtopt import graph_io, stages
+
+    graph = graph_io.import_graph(onnx.load(str(MODEL)), MODEL.parent)
+    unread = [
+        t
+        for t in graph.tensors().values()
+        if isinstance(t, gs.Constant) and type(t._values) is gs.ir.tensor.LazyValues
+    ]
+    assert unread
+    alive = []
+    before = stages.graph_signature(graph, alive)
+    assert all(type(t._values) is gs.ir.tensor.LazyValues for t in unread)  # none read
+    assert stages.graph_signature(graph, alive) == before
+    # Other values of the same name, type and shape, still unread: a change.
+    proto = onnx.TensorProto()
+    proto.CopyFrom(unread[0]._values.tensor)
+    unread[0]._values = gs.ir.tensor.LazyValues(proto)
+    assert stages.graph_signature(graph, alive) != before
+    # Without ``alive`` every constant is read (the fingerprint of its leading bytes).
+    stages.graph_signature(graph)
+    assert all(isinstance(t._values, np.ndarray) for t in unread)
