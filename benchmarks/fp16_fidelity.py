@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
+from search import text_pages  # the page renderer, as benchmarks/search.py loads it
 
 from trtopt import emulation
 from trtopt import feeds as trtopt_feeds
@@ -49,17 +48,7 @@ MODELS = {
 LEVELS = ("ORT_ENABLE_ALL", "ORT_ENABLE_BASIC", "ORT_DISABLE_ALL")
 
 
-def _text_pages() -> Any:
-    """tests/text_pages.py, the page renderer the tests and benchmarks share."""
-    path = Path(__file__).resolve().parents[1] / "tests" / "text_pages.py"
-    spec = importlib.util.spec_from_file_location("trtopt_text_pages", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PAGES = _text_pages()
+PAGES = text_pages()
 
 
 def text_line(height: int, width: int, seed: int) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ from trtopt.passes.precision import Precision
 from trtopt.passes.quantize import Quantize
 
 
-def _text_pages() -> Any:
+def text_pages() -> Any:
     """tests/text_pages.py, the page renderer this benchmark shares with the tests."""
     path = Path(__file__).resolve().parents[1] / "tests" / "text_pages.py"
     spec = importlib.util.spec_from_file_location("trtopt_text_pages", path)
@@ -67,7 +67,7 @@ def run(
     held_out: tuple[list[dict], list[np.ndarray]],
     auto: dict,
 ) -> dict:
-    pages = _text_pages()
+    pages = text_pages()
     auto = {**auto, "samples": len(judged)}
     if dtype == "fp16":
         lowering: Any = Precision(
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--min-cosine", type=float, default=0.999)
     parser.add_argument("--every-layer", action="store_true", help="also every layer alone")
     args = parser.parse_args()
-    pages = _text_pages()
+    pages = text_pages()
     model = onnx.load(args.model)
     judged = [pages.text_page(args.size, seed) for seed in range(args.feeds)]
     held = [pages.text_page(args.size, 1000 + seed) for seed in range(args.held_out)]
