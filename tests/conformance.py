@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 
 TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
-SKIPPED = ("lint", "fuse")
-"""Built-in passes not run alone (``chains``)."""
+SKIPPED = ("lint", "fuse", "smooth")
+"""Built-in passes not run alone (``chains``); smooth needs calibration data, as quantize
+does (tests/test_smooth.py runs it on transformer blocks and under an If)."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,10 @@ def through(case: Any, expected: list[Any], chain: str, passes: list[Any]) -> Ou
 def chains() -> dict[str, list[Any]]:
     """The default chain, fuse with opsets raised, and every built-in pass alone (precision
     and quantize change numbers on purpose: the accuracy tests judge them; lint changes
-    nothing and fails on what TensorRT cannot run, by design). ``fuse`` itself is not run
-    alone: it applies the fusions run alone here, in the default chain and raised to opset
-    20 (a seventh of the cases' time, for what those three cover)."""
+    nothing and fails on what TensorRT cannot run, by design; smooth needs calibration data).
+    ``fuse`` itself is not run alone: it applies the fusions run alone here, in the default
+    chain and raised to opset 20 (a seventh of the cases' time, for what those three
+    cover)."""
     import trtopt
 
     found: dict[str, list[Any]] = {
