@@ -36,8 +36,10 @@ def test_ctrl_c_while_starting_is_exit_130_without_a_traceback(program, delay):
     time.sleep(delay)
     finished = proc.poll() is not None
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    if finished:  # done before the signal: nothing to test on this machine at this delay
+    out, err = proc.communicate(timeout=120)
+    # Done before the signal: nothing to test on this machine at this delay. validate takes
+    # about 0.2 s, so it may also finish between the poll and the signal (its verdict printed).
+    if finished or (proc.returncode == 0 and b": ok (" in out and not err):
         assert proc.returncode == 0, err.decode()
         return
     if _before_trtopt(proc.returncode, err):
