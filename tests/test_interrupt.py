@@ -69,3 +69,28 @@ def test_importing_trtopt_leaves_ctrl_c_alone():
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_verb_loading_its_modules_exits_at_once_on_ctrl_c(monkeypatch):
+    """While the hallway's modules load (onnx's native import aborted the process on a
+    KeyboardInterrupt: exit -6), SIGINT exits 130 at once in a program, and Python's own handler
+    is back after; a library's import is left alone."""
+    from trtopt import interrupt
+
+    with interrupt.exit_at_once():  # as a library: nothing changes
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(interrupt, "_program", True)
+    with interrupt.exit_at_once():
+        handler = signal.getsignal(signal.SIGINT)
+    assert handler is not signal.default_int_handler and callable(handler)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    code = (
+        "import os, signal, sys, trtopt.interrupt as i\n"
+        "i._program = True\n"
+        "with i.exit_at_once():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    import time; time.sleep(5)\n"
+        "sys.exit(3)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert done.returncode == 130 and done.stderr.decode().strip() == "interrupted"

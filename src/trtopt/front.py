@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .compile_result import CompileResult
+from .interrupt import exit_at_once
 from .lazy import lazy_import
 from .unchanged import find_direct, serve_direct
 
@@ -52,6 +53,6 @@ def compile(
         served = serve_direct(direct, output_dir, force, say) if direct else None
         if served is not None:
             return served
-    return pipeline.compile(
-        recipe, output_dir, overrides, say, cache_dir, use_cache, force, direct=direct
-    )
+    with exit_at_once():  # the hallway's modules load: nothing is written yet
+        hallway = pipeline.compile
+    return hallway(recipe, output_dir, overrides, say, cache_dir, use_cache, force, direct=direct)

@@ -9,9 +9,12 @@ own handling takes over (:func:`startup_done`, first thing in ``trtopt.cli.main`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 EXIT_INTERRUPTED = 130
@@ -34,10 +37,36 @@ def _interrupted(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+_program = False
+"""Whether trtopt runs as a program (known at start-up only: runpy rewrites argv[0] after)."""
+
+
 def guard_startup() -> None:
     """While trtopt starts as a program, SIGINT exits 130 (Python's default: a traceback)."""
-    if _as_program() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    global _program
+    _program = _as_program()
+    if _program and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
         signal.signal(signal.SIGINT, _interrupted)
+
+
+@contextlib.contextmanager
+def exit_at_once() -> Iterator[None]:
+    """While a verb loads its heavy modules, SIGINT exits 130 at once, as during start-up: a
+    KeyboardInterrupt raised inside a native module's import aborted the process (onnx:
+    "terminate called after throwing an instance of 'nanobind::python_error'", exit -6). Only
+    where trtopt runs as a program, on its main thread, with Python's own handler in place."""
+    guarded = (
+        _program
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
+    if guarded:
+        signal.signal(signal.SIGINT, _interrupted)
+    try:
+        yield
+    finally:
+        if guarded:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def startup_done() -> None:
