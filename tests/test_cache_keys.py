@@ -68,7 +68,7 @@ def test_where_calibration_runs_joins_the_data_and_compile_keys(tmp_path):
     from trtopt.compile_cache import cache_keys, compile_settings
     from trtopt.digests import digest
     from trtopt.inputs import apply_input_overrides, check_feeds, pass_data
-    from trtopt.model import load_model
+    from trtopt.model import load_model, model_files
     from trtopt.recipe import load_recipe
 
     def keys(recipe):
@@ -77,7 +77,8 @@ def test_where_calibration_runs_joins_the_data_and_compile_keys(tmp_path):
         data, _ = check_feeds(recipe, source)
         calibration, validation = pass_data(recipe, source, data)
         store = StageCache(tmp_path / "cache")
-        chain = cache_keys(store, recipe, Path(recipe.model), source, data, calibration, validation)
+        files = model_files(Path(recipe.model))
+        chain = cache_keys(store, recipe, files, source, data, calibration, validation)
         return chain.data(), digest(compile_settings(recipe, data))
 
     plain = keys(load_recipe(QUICKSTART))

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,8 @@ from . import html as html_report
 from .cache import StageCache
 from .cache_keys import CacheKeys, feeds_digest, source_digest
 from .calibration import DataSet
-from .digests import digest, file_sha256
+from .digests import digest, digest_if_present
 from .golden import metadata_path
-from .model import model_files
 from .recipe import Recipe
 from .unchanged import PLOT_DATA, PLOT_IMAGES
 
@@ -30,7 +30,7 @@ log = logging.getLogger("trtopt")
 def cache_keys(
     store: StageCache,
     recipe: Recipe,
-    model_path: Path,
+    model_files: Sequence[Path],
     source: onnx.ModelProto,
     data: list[feeds.Feed],
     calibration: DataSet,
@@ -55,7 +55,7 @@ def cache_keys(
             recipe.calibration.model_dump(mode="json"),
         )
 
-    return CacheKeys(store, source_digest(model_files(model_path), declared), data_digest)
+    return CacheKeys(store, source_digest(model_files, declared), data_digest)
 
 
 def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def compile_settings(recipe: Recipe, data: list[feeds.Feed]) -> dict[str, Any]:
         "calibration": dumped["calibration"],  # where the reference runs
         "check_data": feeds_digest(data),
         # The golden file and baseline report are inputs of the check, like its data.
-        "check_files": [file_sha256(f) if f.is_file() else None for f in check_files(recipe)],
+        "check_files": [digest_if_present(f) for f in check_files(recipe)],
     }
 
 

@@ -43,6 +43,11 @@ def file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def digest_if_present(path: Path) -> str | None:
+    """:func:`file_digest` of a file, None where there is none (a missing golden file)."""
+    return file_digest(path) if path.is_file() else None
+
+
 def files_digest(paths: list[Path]) -> str:
     """Hash of files in order: one file's own sha256, or the sha256 of their sha256s (a
     model and its external data files)."""

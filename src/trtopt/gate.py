@@ -319,7 +319,7 @@ def _runner(path: Path, recipe: Recipe | None) -> tuple[BaseRunner, Path, str]:
     build = BuildResult(name, path, 0.0, details={"tensorrt": {}})
     runner, reason = artifact_runner(get_backend(name, options), build, onnx_path)
     cannot = f" (the engine cannot run: {reason})" if reason else ""
-    return runner, onnx_path, checked(reason, emulated=True) + cannot
+    return runner, onnx_path, checked(reason, name) + cannot
 
 
 def _engine_backend(path: Path, recipe: Recipe | None) -> tuple[str, dict[str, Any]]:

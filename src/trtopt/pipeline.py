@@ -31,7 +31,7 @@ from .calibration.collect import session_providers
 from .compile_cache import cache_keys, check_files, compile_settings, store_compile
 from .compile_result import CompileResult
 from .deploy import triton_place, write_model_repository
-from .digests import file_sha256
+from .digests import file_sha256, files_digest
 from .errors import (
     EXIT_OK,
     BackendUnavailableError,
@@ -44,8 +44,6 @@ from .model import (
     EXTERNAL_DATA_THRESHOLD,
     external_data_files,
     load_model,
-    model_files,
-    model_sha256,
     op_histogram,
 )
 from .passes import Pass
@@ -72,14 +70,14 @@ TENSORRT_BACKENDS = ("tensorrt", "tensorrt-rtx")
 def _stage_judge(
     recipe: Recipe,
     source: onnx.ModelProto,
-    model_path: Path,
+    model_files: list[Path],
     scratch: Path,
     reference: Reference,
 ) -> tuple[StageJudge | None, Callable[[Outputs], accuracy.AccuracyResult] | None]:
     """What proves each pass of a compile, and (``verify_passes``) what judges each stage's
     accuracy against the reference. A model over 1 GiB is proven once, as an artifact:
     saving and running every stage of it would cost more than the compile."""
-    if _on_disk(model_path) > EXTERNAL_DATA_THRESHOLD:
+    if _on_disk(model_files) > EXTERNAL_DATA_THRESHOLD:
         log.info("stages of a model over 1 GiB are not proven one by one")
         return None, None
     data = reference.feeds
@@ -141,10 +139,12 @@ def compile(
 
 @dataclass
 class _Job:
-    """What a compile knows before any work: the model, its check feeds and their source, the
-    golden file, the backend, the passes and their data, the cache keys."""
+    """What a compile knows before any work: the model and its files, its check feeds and their
+    source, the golden file, the backend, the passes and their data, the cache keys."""
 
     source: onnx.ModelProto
+    model_files: list[Path]
+    """The model file and its external data files, in that order."""
     data: list[feeds.Feed]
     data_source: str
     golden: gate.Golden | None
@@ -178,19 +178,19 @@ def _compile(
 ) -> CompileResult:
     measuring = _measuring(recipe)
     job = _prepare(recipe, model_path, out, store)
-    read = _read(recipe, job, model_path) if direct is not None and store is not None else None
+    read = _read(recipe, job) if direct is not None and store is not None else None
     hit = store.get(job.compile_key) if store is not None and job.compile_key else None
     if hit is not None:
         say("unchanged: artifacts from the cache")
         dumped = recipe.model_dump(mode="json")
         cached = serve(hit, dumped, model_path, out, store, partial(_deploy, recipe))  # type: ignore[arg-type]
-        _remember(direct, recipe, job, model_path, job.compile_key, read)
+        _remember(direct, recipe, job, job.compile_key, read)
         return CompileResult(cached["exit_code"], out, cached)
     reference = Reference(model_path, job.data, recipe.calibration.model_dump(mode="json"))
     staging = stage_output(out)
     try:
         done = _work(recipe, job, model_path, out, staging, reference, measuring, say)
-        the_report = _report(recipe, job, model_path, out, done)
+        the_report = _report(recipe, job, out, done)
         the_report["calibration"] = {**measuring.to_json(), "reference": reference.providers}
         pairs = html_report.output_pairs(reference.outputs, done.checked.outputs)
         drawn: html_report.Drawn = {}
@@ -202,7 +202,7 @@ def _compile(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _remember(direct, recipe, job, model_path, stored, read)
+    _remember(direct, recipe, job, stored, read)
     if job.unavailable:
         raise BackendUnavailableError(
             f"{job.unavailable}. Everything that needs no GPU ran; the report (build marked "
@@ -244,7 +244,7 @@ def _work(
         )
         ctx.warnings += measuring.notes("calibration.providers")
         ctx.warnings += getattr(job.backend, "notes", [])  # providers skipped
-        judge, verify = _stage_judge(recipe, job.source, model_path, scratch, reference)
+        judge, verify = _stage_judge(recipe, job.source, job.model_files, scratch, reference)
         graph, records, first_diverging = run_passes(
             recipe, job.passes, job.source, model_path.parent, ctx, job.keys, staging,
             judge, verify, say,
@@ -254,11 +254,11 @@ def _work(
         del graph  # the passes' arrays (e.g. FP16 weights) are on disk now: let them go
         _return_freed_memory()  # before ONNX Runtime's sessions take the memory
         built = _build(recipe, job, graph_files, staging, say)
-        checked = _check(recipe, job, built, reference, ctx, out, model_path, say)
+        checked = _check(recipe, job, built, reference, ctx, out, say)
     return _Done(records, first_diverging, built, checked, ctx.warnings)
 
 
-def _report(recipe: Recipe, job: _Job, model_path: Path, out: Path, done: _Done) -> dict[str, Any]:
+def _report(recipe: Recipe, job: _Job, out: Path, done: _Done) -> dict[str, Any]:
     """report.json's content, with the options the passes ran with."""
     return report.compile_report(
         recipe={
@@ -266,7 +266,7 @@ def _report(recipe: Recipe, job: _Job, model_path: Path, out: Path, done: _Done)
             "passes": [spec.model_dump(mode="json") for spec in _with_build_defaults(recipe)],
         },
         out=out,
-        model=_describe_model(model_path, job.source),
+        model=_describe_model(job.model_files, job.source),
         records=done.records,
         first_diverging=done.first_diverging,
         build=_describe_build(done.built),
@@ -297,7 +297,8 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
         source = load_model(model_path, external_data=False)  # weights stay on disk
     except TrtoptError as error:
         raise type(error)(error.message, f"{recipe.place('model')}: {model_path}") from None
-    refuse_inputs(out, external_data_files(source, model_path.parent))
+    files = [model_path, *external_data_files(source, model_path.parent)]
+    refuse_inputs(out, files[1:])
     apply_input_overrides(source, recipe)
     golden = gate.golden_for_recipe(recipe, source)  # a missing or stale one fails before work
     data, data_source = check_feeds(recipe, source)
@@ -305,6 +306,7 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
     calibration, validation = pass_data(recipe, source, data)
     job = _Job(
         source,
+        files,
         data,
         data_source,
         golden,
@@ -315,7 +317,7 @@ def _prepare(recipe: Recipe, model_path: Path, out: Path, store: StageCache | No
         validation,
     )
     if store is not None:
-        job.keys = cache_keys(store, recipe, model_path, source, data, calibration, validation)
+        job.keys = cache_keys(store, recipe, files, source, data, calibration, validation)
         # An engine for datacenter TensorRT depends on the GPU it was built on: only its
         # passes are cached. Every other artifact is a function of the key.
         if not job.unavailable and recipe.build.backend != "tensorrt":
@@ -388,7 +390,6 @@ def _check(
     reference: Reference,
     ctx: WatchedContext,
     out: Path,
-    model_path: Path,
     say: Callable[[str], None],
 ) -> report.Checked:
     """The artifact (or, where it cannot run, the final graph) against the reference: on the
@@ -424,7 +425,7 @@ def _check(
     if job.golden is not None:
         say("check golden outputs")
         artifact = out / built.build.artifact.name
-        what = checked(built.not_run, emulated=job.backend.name != "onnxruntime")
+        what = checked(built.not_run, job.backend.name)
         golden_check = gate.check_compiled(
             job.golden, recipe, built.final, candidate, artifact, what
         )
@@ -432,7 +433,7 @@ def _check(
     if recipe.check.latency_runs:
         say("measure latency")
         timed = candidate if built.not_run is None else graph_runner(graph, emulate=False)
-        latency_report = _latency(reference, timed, job.data[0], recipe, model_path)
+        latency_report = _latency(reference, timed, job.data[0], recipe, job.model_files)
     return report.Checked(result, outputs, shape_checks, golden_check, latency_report)
 
 
@@ -441,12 +442,12 @@ def _latency(
     candidate: BaseRunner,
     feed: feeds.Feed,
     recipe: Recipe,
-    model_path: Path,
+    model_files: list[Path],
 ) -> dict[str, Any]:
     runners = {"reference": reference.runner, "artifact": candidate}
     runs = recipe.check.latency_runs
     # A large model's two sessions would double the peak memory: one at a time.
-    together = _on_disk(model_path) <= EXTERNAL_DATA_THRESHOLD
+    together = _on_disk(model_files) <= EXTERNAL_DATA_THRESHOLD
     if together:
         with reference.runner, candidate:
             measured = latency.interleaved(runners, feed, runs)
@@ -455,11 +456,11 @@ def _latency(
     return {**measured, "runs": runs, "interleaved": together}
 
 
-def _describe_model(model_path: Path, source: onnx.ModelProto) -> dict[str, Any]:
+def _describe_model(model_files: list[Path], source: onnx.ModelProto) -> dict[str, Any]:
     """The report's `model` section: the source model as the passes got it."""
     return {
-        "path": str(model_path),
-        "sha256": model_sha256(model_path),
+        "path": str(model_files[0]),
+        "sha256": files_digest(model_files),
         "opset": {o.domain or "ai.onnx": o.version for o in source.opset_import},
         "nodes": len(source.graph.node),
         "op_histogram": op_histogram(source),
@@ -512,19 +513,17 @@ def _cache_compile(
     return store_compile(job.keys, recipe, job.data, the_report, staging, pairs, drawn)
 
 
-def _read(recipe: Recipe, job: _Job, model_path: Path) -> dict[str, Any] | None:
+def _read(recipe: Recipe, job: _Job) -> dict[str, Any] | None:
     """What the compile reads, with each file's sha256, for its recipe's direct entry
     (``unchanged.direct_inputs``; None: not one to serve that way)."""
-    files = [model_path, *external_data_files(job.source, model_path.parent)]
     names = [info.name for info in feeds.model_inputs(job.source)]
-    return direct_inputs(recipe, [*files, *check_files(recipe)], names)
+    return direct_inputs(recipe, [*job.model_files, *check_files(recipe)], names)
 
 
 def _remember(
     direct: Direct | None,
     recipe: Recipe,
     job: _Job,
-    model_path: Path,
     compile_key: str | None,
     read: dict[str, Any] | None,
 ) -> None:
@@ -534,19 +533,18 @@ def _remember(
     if direct is None or compile_key is None or job.keys is None or read is None:
         return
     try:
-        if _read(recipe, job, model_path) != read:
+        if _read(recipe, job) != read:
             log.warning("an input changed during the compile: not remembered for a direct hit")
             return
-        files = [model_path, *external_data_files(job.source, model_path.parent)]
-        candidate = direct_candidate(recipe, compile_key, read, files)
+        candidate = direct_candidate(recipe, compile_key, read, job.model_files)
         record_direct(job.keys.cache, direct.key, candidate)
     except (TrtoptError, OSError) as error:  # the next compile takes the longer way
         log.warning("could not remember the compile for a direct hit: %s", error)
 
 
-def _on_disk(model_path: Path) -> int:
+def _on_disk(model_files: list[Path]) -> int:
     """Bytes of a model file and its external data."""
-    return sum(f.stat().st_size for f in model_files(model_path))
+    return sum(f.stat().st_size for f in model_files)
 
 
 def _backend(recipe: Recipe, model: onnx.ModelProto) -> Any:

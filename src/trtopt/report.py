@@ -11,6 +11,7 @@ from .accuracy import AccuracyResult
 from .errors import EXIT_ACCURACY, EXIT_OK, EXIT_USER
 from .feeds import Feed
 from .gate import CheckResult, ShapeCheck
+from .session import ARTIFACT_CHECKED
 from .session import checked as checked_what
 from .stages import PassRecord, kept_in_higher_precision, quantized_coverage
 
@@ -92,10 +93,9 @@ def compile_report(
             "data": data_source,
             "failures": failures,
             "profiles": [c.to_json() for c in checked.shapes],
-            "checked": checked_what(
-                None if not_run is None else not_run[1],
-                emulated=not_run is not None and not_run[0] != "onnxruntime",
-            ),
+            "checked": ARTIFACT_CHECKED
+            if not_run is None
+            else checked_what(not_run[1], not_run[0]),
             "artifact_not_run": None
             if not_run is None
             else f"the {not_run[0]} artifact itself was not run: {not_run[1]}",

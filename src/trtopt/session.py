@@ -65,7 +65,7 @@ def artifact_runner(
     reason = unavailable or backend.unavailable() or backend.cannot_run(build)
     if reason is None:
         return backend.runner(build), None
-    return graph_runner(graph, emulate=backend.name != "onnxruntime"), reason
+    return graph_runner(graph, emulate=emulates(backend.name)), reason
 
 
 def graph_runner(graph: Path, emulate: bool) -> OnnxrtRunner:
@@ -84,9 +84,15 @@ def graph_runner(graph: Path, emulate: bool) -> OnnxrtRunner:
     return OnnxrtRunner(load, name="artifact")
 
 
-def checked(reason: str | None, emulated: bool = False) -> str:
-    """What a check ran, given why the artifact could not run (None: it ran) and whether the
-    graph ran with its rounding emulated."""
+def emulates(backend: str) -> bool:
+    """Whether the graph standing in for ``backend``'s artifact runs with its FP16/BF16
+    rounding emulated: a TensorRT engine's does; ONNX Runtime's artifact is the graph."""
+    return backend != "onnxruntime"
+
+
+def checked(reason: str | None, backend: str) -> str:
+    """What a check of ``backend``'s artifact ran, given why the artifact could not run (None:
+    it ran)."""
     if reason is None:
         return ARTIFACT_CHECKED
-    return EMULATED_CHECKED if emulated else GRAPH_CHECKED
+    return EMULATED_CHECKED if emulates(backend) else GRAPH_CHECKED

@@ -26,7 +26,7 @@ from ._version import installed
 from .cache import Entry, StageCache, environment, plugin_files, resolve_cache_dir
 from .calibration.files import FILE_KINDS, source_files
 from .compile_result import CompileResult
-from .digests import digest, file_digest
+from .digests import digest, digest_if_present
 from .errors import TrtoptError
 from .lazy import lazy_import
 from .positions import Document
@@ -172,15 +172,13 @@ def direct_inputs(
         return None
     listings = []
     for source in sources:
-        found = source_files(source.kind, source.path or "", input_names)
-        files_found = [str(path) for path in found]
-        listing = {"kind": source.kind, "path": source.path, "inputs": list(input_names)}
-        listings.append({**listing, "files": files_found})
+        listing = {"kind": source.kind, "path": source.path or "", "inputs": list(input_names)}
+        listings.append({**listing, "files": _listed(listing)})
     read = [*files, *map(Path, recipe.plugins)]
     read += [f for p in recipe.plugins for f in plugin_files(Path(p))]
     read += [Path(f) for listing in listings for f in listing["files"]]
     return {
-        "files": {str(path): file_digest(path) if path.is_file() else None for path in read},
+        "files": {str(path): digest_if_present(path) for path in read},
         "listings": listings,
     }
 
@@ -282,13 +280,14 @@ def _unchanged(store: StageCache, candidates: Any) -> tuple[dict[str, Any], Entr
     return None
 
 
+def _listed(listing: dict[str, Any]) -> list[str]:
+    """The files a data source's glob or folder matches now (``source_files``), as recorded."""
+    found = source_files(listing["kind"], listing["path"], listing["inputs"])
+    return [str(path) for path in found]
+
+
 def _files_unchanged(candidate: dict[str, Any]) -> bool:
-    for listing in candidate["listings"]:
-        found = source_files(listing["kind"], listing["path"], listing["inputs"])
-        if [str(path) for path in found] != listing["files"]:
-            return False
-    for name, sha in candidate["files"].items():
-        path = Path(name)
-        if (file_digest(path) if path.is_file() else None) != sha:
-            return False
-    return True
+    """Whether every listing matches the same files and every file has its recorded sha256."""
+    if any(_listed(listing) != listing["files"] for listing in candidate["listings"]):
+        return False
+    return all(digest_if_present(Path(name)) == sha for name, sha in candidate["files"].items())
