@@ -62,7 +62,7 @@ class Smooth(Pass):
             ctx.details["activations"] = {}
             return PassResult(graph, modified=False)
         data = ctx.calibration_data("smooth", "channel ranges measured")
-        amax = {name: np.zeros(len(_rows(members[0]))) for name, members in groups.items()}
+        amax = {name: np.zeros(members[0].channels) for name, members in groups.items()}
 
         def observe(name: str, array: np.ndarray) -> None:
             channels = np.abs(np.asarray(array, np.float64)).reshape(-1, amax[name].size)
@@ -73,8 +73,9 @@ class Smooth(Pass):
         del reference, weights
         found = {}
         for name, members in groups.items():
-            scale = _scale(amax[name], [_rows(m) for m in members], self.options.alpha)
-            where = _apply(graph, graph.tensors()[name], members, scale)
+            rows = [_rows(member) for member in members]
+            scale = _scale(amax[name], rows, self.options.alpha)
+            where = _apply(graph, graph.tensors()[name], members, rows, scale)
             smoothed = amax[name] / scale
             found[name] = {
                 "nodes": [m.node.name for m in members],
@@ -97,6 +98,11 @@ class _Member:
     node: gs.Node
     weight: gs.Constant
     transposed: bool
+
+    @property
+    def channels(self) -> int:
+        """K, the activation's channels the weight reads (from its shape, not its values)."""
+        return int(self.weight.shape[1 if self.transposed else 0])
 
 
 def _rows(member: _Member) -> np.ndarray:
@@ -128,7 +134,7 @@ def _groups(graph: gs.Graph, min_channels: int) -> dict[str, list[_Member]]:
         transposed = node.op == "Gemm" and bool(int(node.attrs.get("transB", 0)))
         found.setdefault(activation.name, []).append(_Member(node, weight, transposed))
     for name, members in list(found.items()):
-        channels = {len(_rows(m)) for m in members}
+        channels = {m.channels for m in members}
         if name in refused or len(channels) != 1 or channels.pop() < min_channels:
             del found[name]
     return found
@@ -149,15 +155,22 @@ def _spread(amax: np.ndarray) -> float:
     return float(amax.max() / median) if median > 0 else float("inf")
 
 
-def _apply(graph: gs.Graph, activation: gs.Tensor, members: list[_Member], scale: Any) -> str:
-    """Scale the weights' rows and divide the activation; where the division went (into the
-    LayerNormalization that writes it only where nothing else reads it: graphsurgeon lists a
-    node in an If or Loop body that reads it as one of its readers too)."""
+def _apply(
+    graph: gs.Graph,
+    activation: gs.Tensor,
+    members: list[_Member],
+    rows: list[np.ndarray],
+    scale: Any,
+) -> str:
+    """Scale the weights' ``rows`` (each member's, as [K, N]) and divide the activation; where
+    the division went (into the LayerNormalization that writes it only where nothing else
+    reads it: graphsurgeon lists a node in an If or Loop body that reads it as one of its
+    readers too)."""
     made: dict[int, gs.Constant] = {}
-    for member in members:
+    for member, weight_rows in zip(members, rows):
         if id(member.weight) not in made:
-            rows = _rows(member) * scale[:, None].astype(np.float32)
-            values = rows.T if member.transposed else rows
+            scaled = weight_rows * scale[:, None].astype(np.float32)
+            values = scaled.T if member.transposed else scaled
             # A new constant: the old one may be read elsewhere (a tied weight).
             name = f"{member.weight.name}_smoothed_{activation.name}"
             made[id(member.weight)] = gs.Constant(name, values)
